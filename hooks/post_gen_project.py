@@ -1,0 +1,267 @@
+"""Finish the generated project: prune, secrets, virtualenv, Redis check.
+
+Runs inside the new project directory. Every step is a plain function so the
+template's tests can import and call it. Environment variables:
+
+  SOCKETSTACK_SKIP_VENV=1        do not create .venv (fast template tests)
+  SOCKETSTACK_SKIP_REDIS_CHECK=1 do not look for Redis
+  SOCKETSTACK_SYSTEM_REDIS_SOCKET=/path  the socket checked for redis=system
+"""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SYSTEM_REDIS_SOCKET = "/run/redis/redis-server.sock"
+
+
+def say(message):
+    print(f"[socketstack] {message}", flush=True)
+
+
+# (1) Files the options do not use ---------------------------------------
+
+
+def remove_unused_files(project_dir, context):
+    """Delete what the chosen options do not need; return the removed paths."""
+    unused = []
+    if context["redis"] == "system":
+        # Debian's redis-server runs the single instance; no configs of ours.
+        unused.append(project_dir / "deploy" / "redis")
+    for path in unused:
+        shutil.rmtree(path)
+    return unused
+
+
+# (2) Secrets and paths -----------------------------------------------------
+
+
+def redis_urls(project_dir, context, system_socket=SYSTEM_REDIS_SOCKET):
+    if context["redis"] == "system":
+        # One instance, two databases: FLUSHDB on the cache's db 0 spares the
+        # sessions in db 1, but eviction (maxmemory) is per instance.
+        return f"unix://{system_socket}?db=0", f"unix://{system_socket}?db=1"
+    run = project_dir / "run"
+    return f"unix://{run}/redis-cache.sock?db=0", f"unix://{run}/redis-sessions.sock?db=0"
+
+
+def env_file_text(project_dir, context, secret_key):
+    cache_url, sessions_url = redis_urls(project_dir, context)
+    return "\n".join(
+        [
+            "# Written by the post-gen hook for the local stack. Never commit it.",
+            "# The server gets its own, written by deploy/install.sh.",
+            f"DJANGO_SECRET_KEY={secret_key}",
+            "DJANGO_DEBUG=false",
+            # No TLS on 127.0.0.1: no SSL redirect, no Secure cookies, no HSTS.
+            "SITE_HTTPS=false",
+            f"DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost,{context['domain_name']}",
+            f"LOCAL_PORT={context['local_port']}",
+            f"REDIS_CACHE_URL={cache_url}",
+            f"REDIS_SESSIONS_URL={sessions_url}",
+            "",
+        ]
+    )
+
+
+def new_secret_key():
+    # 50+ characters from `secrets`, and never the django-insecure- prefix.
+    return secrets.token_urlsafe(60)
+
+
+def write_env_file(project_dir, context):
+    """Write .env with mode 0600; an existing one is kept as it is."""
+    path = project_dir / ".env"
+    if path.exists():
+        return path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(env_file_text(project_dir, context, new_secret_key()))
+    return path
+
+
+# (3) Virtualenv ---------------------------------------------------------------
+
+
+def venv_commands(project_dir, python, uv=None):
+    """The commands that create .venv and install the project into it."""
+    venv = project_dir / ".venv"
+    venv_python = venv / "bin" / "python"
+    if uv:
+        # --compile-bytecode: without .pyc files each gunicorn worker takes
+        # seconds to boot (this machine may set PYTHONDONTWRITEBYTECODE).
+        return [
+            [uv, "venv", "--quiet", "--python", python, str(venv)],
+            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(venv_python), "-e", ".[dev]"],
+        ]
+    return [
+        [python, "-m", "venv", str(venv)],
+        [str(venv_python), "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
+    ]
+
+
+def make_venv(project_dir, python):
+    """Create .venv with the chosen interpreter; return True on success."""
+    interpreter = shutil.which(python) or python
+    uv = shutil.which("uv")
+    commands = venv_commands(project_dir, interpreter, uv)
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    say(f"Creating .venv with {interpreter} ({'uv' if uv else 'venv + pip'})")
+    for step, command in enumerate(commands, 1):
+        say(f"  step {step}/{len(commands)}: {' '.join(command)}")
+        started = time.monotonic()
+        result = subprocess.run(command, cwd=project_dir, env=env)
+        if result.returncode != 0:
+            say(f"ERROR: .venv step {step} failed (exit {result.returncode}). Fix the error above, then run `make venv`.")
+            return False
+        say(f"  done in {time.monotonic() - started:.1f} s")
+    return True
+
+
+# (4) Redis -----------------------------------------------------------------------
+
+
+def redis_ping(path, timeout=1.0):
+    """PING a Redis unix socket; return (ok, diagnosis)."""
+    if not os.path.exists(path):
+        return False, "missing"
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(128)
+    except PermissionError:
+        return False, "permission"
+    except OSError as exc:
+        return False, f"error: {exc.strerror or exc}"
+    if reply.startswith(b"+PONG"):
+        return True, "ok"
+    if reply.startswith(b"-NOAUTH"):
+        return False, "auth"
+    return False, "not-redis"
+
+
+def redis_server_version(redis_server):
+    out = subprocess.run([redis_server, "--version"], capture_output=True, text=True, timeout=10)
+    for word in out.stdout.split():
+        if word.startswith("v="):
+            return word[2:]
+    return out.stdout.strip()
+
+
+def try_redis_config(redis_server, config, timeout=10.0):
+    """Start redis-server with `config` on a temporary socket, PING it, stop it."""
+    with tempfile.TemporaryDirectory(prefix="socketstack-redis-") as tmp:
+        sock = Path(tmp) / "check.sock"
+        process = subprocess.Popen(
+            [redis_server, str(config), "--unixsocket", str(sock), "--dir", tmp],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    output = process.stdout.read().strip().splitlines()
+                    return False, output[-1] if output else f"exited with {process.returncode}"
+                if redis_ping(sock)[0]:
+                    return True, "PONG"
+                time.sleep(0.05)
+            return False, f"no answer within {timeout:.0f} s"
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+            process.stdout.close()
+
+
+SYSTEM_FIXES = {
+    "missing": "no socket at {path}. Run: sudo apt-get install redis-server, set `unixsocket {path}` and "
+    "`unixsocketperm 770` in /etc/redis/redis.conf, then: sudo service redis-server restart",
+    "permission": "permission denied on {path}. Run: sudo usermod -a -G redis $USER, then log in again "
+    "(group membership is read at login)",
+    "auth": "{path} wants a password (requirepass). Add it to the Redis URLs in .env",
+    "not-redis": "{path} answers, but not as Redis. Check `unixsocket` in /etc/redis/redis.conf",
+}
+
+
+def check_redis(project_dir, context, system_socket=SYSTEM_REDIS_SOCKET):
+    """Return (ok, lines): what was found and, when something is wrong, what to run."""
+    redis_server = shutil.which("redis-server")
+    if not redis_server:
+        return False, ["redis-server is not installed. Run: sudo apt-get install redis-server"]
+    lines = [f"redis-server {redis_server_version(redis_server)} at {redis_server}"]
+    if context["redis"] == "dedicated":
+        ok = True
+        for config in sorted((project_dir / "deploy" / "redis").glob("*.conf")):
+            started, detail = try_redis_config(redis_server, config)
+            ok &= started
+            if started:
+                lines.append(f"deploy/redis/{config.name}: starts and answers PING")
+            else:
+                lines.append(f"deploy/redis/{config.name}: does not start here: {detail}")
+        return ok, lines
+    ok, diagnosis = redis_ping(system_socket)
+    if ok:
+        lines.append(f"system Redis answers on {system_socket}")
+    else:
+        fix = SYSTEM_FIXES.get(diagnosis, "{path}: " + diagnosis)
+        lines.append(fix.format(path=system_socket))
+    return ok, lines
+
+
+# (5) Next steps --------------------------------------------------------------------
+
+
+def next_steps(project_dir, context, venv_ok):
+    steps = [f"cd {project_dir}"]
+    if not venv_ok:
+        steps.append("make venv        # create .venv and install the project")
+    steps += [
+        "make up          # Redis, gunicorn and nginx under supervisord",
+        f"open http://127.0.0.1:{context['local_port']}/",
+        "make test        # the project's tests against a real redis-server",
+        "make help        # every other command",
+    ]
+    return steps
+
+
+def main():
+    context = json.loads(r"""{{ cookiecutter | jsonify }}""")
+    project_dir = Path.cwd()
+    removed = remove_unused_files(project_dir, context)
+    for path in removed:
+        say(f"Removed {path.relative_to(project_dir)} (not used with redis={context['redis']})")
+    write_env_file(project_dir, context)
+    say("Wrote .env (mode 0600) with a new SECRET_KEY: keep it out of version control")
+
+    venv_ok = False
+    if os.environ.get("SOCKETSTACK_SKIP_VENV") == "1":
+        say("SOCKETSTACK_SKIP_VENV=1: no .venv created")
+    else:
+        venv_ok = make_venv(project_dir, context["python"])
+
+    if os.environ.get("SOCKETSTACK_SKIP_REDIS_CHECK") == "1":
+        say("SOCKETSTACK_SKIP_REDIS_CHECK=1: Redis not checked")
+    else:
+        system_socket = os.environ.get("SOCKETSTACK_SYSTEM_REDIS_SOCKET", SYSTEM_REDIS_SOCKET)
+        _, lines = check_redis(project_dir, context, system_socket)
+        for line in lines:
+            say(f"Redis: {line}")
+
+    say("Next steps:")
+    for step in next_steps(project_dir, context, venv_ok):
+        print(f"    {step}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Validate the answers before anything is written.
+
+A bad answer prints one line -- the field, the value, the rule and the fix --
+and exits 1; cookiecutter then writes no project directory. The functions are
+plain Python so the template's tests can import them.
+"""
+
+import json
+import keyword
+import re
+import shutil
+import subprocess
+import sys
+import zoneinfo
+
+# Names a project package must not take: it would shadow what the project
+# imports, or the project's own app.
+RESERVED_SLUGS = {
+    "django",
+    "django_redis",
+    "redis",
+    "hiredis",
+    "gunicorn",
+    "supervisor",
+    "pytest",
+    "pytest_django",
+    "test",
+    "tests",
+    "web",
+    "deploy",
+    "static",
+    "media",
+}
+HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+EMAIL = re.compile(r"^[^@\s\"'\\]+@[^@\s\"'\\]+\.[^@\s\"'\\]+$")
+MIN_PYTHON = {"5.2": (3, 10), "6.1": (3, 12)}
+# Characters that would break the Python and TOML strings they are written into.
+UNSAFE_TEXT = re.compile(r"[\"\\\n\r]")
+
+
+class InvalidAnswer(ValueError):
+    """Raised with a message: field, value, rule and fix, on one line."""
+
+    def __init__(self, field, value, rule):
+        super().__init__(f"{field}: {value!r} is not valid: {rule}")
+
+
+def check_slug(slug):
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", slug) or keyword.iskeyword(slug):
+        raise InvalidAnswer(
+            "project_slug", slug, "use a lowercase Python identifier (letters, digits, _), e.g. my_site"
+        )
+    if slug in RESERVED_SLUGS or slug in sys.stdlib_module_names:
+        raise InvalidAnswer("project_slug", slug, "it would shadow a module the project imports; pick another name")
+    return slug
+
+
+def check_text(field, value):
+    if not value.strip() or UNSAFE_TEXT.search(value):
+        raise InvalidAnswer(field, value, 'use plain text without double quotes ("), backslashes or newlines')
+    return value
+
+
+def check_domain(domain):
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(HOSTNAME_LABEL.match(label) for label in labels):
+        raise InvalidAnswer("domain_name", domain, "use a lowercase hostname such as example.com (no scheme, no port)")
+    return domain
+
+
+def check_email(email):
+    if not EMAIL.match(email):
+        raise InvalidAnswer("email", email, "use an address such as you@example.com")
+    return email
+
+
+def check_port(port):
+    if not str(port).isdigit() or not 1024 <= int(port) <= 65535:
+        raise InvalidAnswer("local_port", port, "use a number from 1024 to 65535 (no root needed)")
+    return int(port)
+
+
+def check_timezone(timezone):
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise InvalidAnswer("timezone", timezone, "use an IANA name such as UTC or Europe/Berlin") from None
+    return timezone
+
+
+def python_version(python):
+    """Return (major, minor) of the interpreter, or None when it does not run."""
+    path = shutil.which(python)
+    if not path:
+        return None
+    try:
+        out = subprocess.run(
+            [path, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def check_python(python, django_version):
+    need = MIN_PYTHON[django_version]
+    version = python_version(python)
+    if version is None:
+        raise InvalidAnswer("python", python, "it does not run here; give the path of an installed interpreter")
+    if version < need:
+        raise InvalidAnswer(
+            "python",
+            python,
+            f"it is Python {version[0]}.{version[1]}, Django {django_version} needs >= {need[0]}.{need[1]}; "
+            "give a newer interpreter or choose Django 5.2",
+        )
+    return python
+
+
+def validate(context):
+    """Check every answer that can be wrong; raise InvalidAnswer on the first bad one."""
+    check_slug(context["project_slug"])
+    for field in ("project_name", "author_name", "description"):
+        check_text(field, context[field])
+    check_domain(context["domain_name"])
+    check_email(context["email"])
+    check_timezone(context["timezone"])
+    check_port(context["local_port"])
+    check_python(context["python"], context["django_version"])
+
+
+def main():
+    context = json.loads(r"""{{ cookiecutter | jsonify }}""")
+    try:
+        validate(context)
+    except InvalidAnswer as exc:
+        # First and clearest thing the user sees; cookiecutter's own
+        # "Hook script failed" message follows it.
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

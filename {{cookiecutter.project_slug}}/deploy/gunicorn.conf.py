@@ -1,0 +1,42 @@
+"""gunicorn settings, the same file for the local stack and the server.
+
+Paths derive from the project root (the directory above deploy/), so the file
+works wherever the project lives; APP_ROOT overrides it. Check it with
+`gunicorn --check-config -c deploy/gunicorn.conf.py`.
+"""
+
+import os
+from pathlib import Path
+
+root = Path(os.environ.get("APP_ROOT", Path(__file__).resolve().parent.parent))
+run_dir = root / "run"
+
+wsgi_app = "{{ cookiecutter.project_slug }}.wsgi:application"
+chdir = str(root)
+
+# nginx talks to gunicorn over this socket. umask 007 makes it 0770: the app
+# user and its group (which nginx's user joins on the server) may connect,
+# nobody else may.
+bind = [f"unix:{run_dir}/gunicorn.sock"]
+umask = 0o007
+# gunicornc's control socket: by default it lands in $HOME, which supervisor
+# does not change per program, so two apps would share one. Keep it here.
+control_socket = str(run_dir / "gunicorn.ctl")
+
+# Sync workers: measured faster than threads for this kind of app (see the
+# README's performance section). One per core plus one keeps a 2-core machine
+# busy while a worker waits on Redis or the database.
+workers = int(os.environ.get("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1))
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 20
+# Recycle workers now and then so a slow leak cannot grow forever; the jitter
+# keeps them from restarting all at once.
+max_requests = 2000
+max_requests_jitter = 200
+
+# Behind a unix socket the peer address is empty: log the client address that
+# nginx forwards instead. Logs go to stdout/stderr, which supervisor keeps.
+accesslog = "-"
+errorlog = "-"
+access_log_format = '%({x-forwarded-for}i)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s"'

@@ -1,0 +1,234 @@
+"""Run the production topology in user space: `make up`, `make down`.
+
+supervisord (deploy/supervisor/local.conf) runs the two Redis instances,
+gunicorn and nginx, all on unix sockets in run/ except nginx's
+127.0.0.1:LOCAL_PORT. This script prepares directories, renders the nginx
+config, starts or updates supervisord and waits for /healthz through nginx.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+from supervisor.xmlrpc import SupervisorTransport
+
+SLUG = "{{ cookiecutter.project_slug }}"
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "run"
+SUPERVISOR_CONF = ROOT / "deploy" / "supervisor" / "local.conf"
+NGINX_TEMPLATES = ("local.conf", "locations.conf")
+DIRS = (
+    "run",
+    "run/nginx",
+    "logs",
+    "static",
+    "media",
+    "var/redis-cache",
+    "var/redis-sessions",
+    "var/nginx",
+    "var/acme",
+)
+# nginx and redis-server live in sbin/bin directories that a normal user's
+# PATH may lack.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class StackError(Exception):
+    """A failure with a message that tells the user what to do."""
+
+
+def read_env(root=ROOT):
+    values = {}
+    env_file = root / ".env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.strip().startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def local_port(root=ROOT):
+    return int(os.environ.get("LOCAL_PORT") or read_env(root).get("LOCAL_PORT") or 8000)
+
+
+def prepare_dirs(root=ROOT):
+    """Create the writable directories and prove they are writable."""
+    for name in DIRS:
+        path = root / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StackError(
+                f"{path}: cannot write there ({exc.strerror}). "
+                "Free disk space or make it writable for this user, then run `make up` again."
+            ) from exc
+
+
+def render(template, root, port, user_line):
+    for placeholder, value in (("@APP_ROOT@", root), ("@LOCAL_PORT@", port), ("@USER_LINE@", user_line)):
+        template = template.replace(placeholder, str(value))
+    return template
+
+
+def render_nginx(root=ROOT, port=None):
+    """Write run/nginx/{nginx,locations}.conf; return True when anything changed."""
+    port = port or local_port(root)
+    # As root, nginx would drop its workers to `nobody`, who cannot reach the
+    # sockets in run/; a normal user's nginx ignores `user` and stays as is.
+    user_line = "user root root;" if os.geteuid() == 0 else ""
+    changed = False
+    for name in NGINX_TEMPLATES:
+        text = render((root / "deploy" / "nginx" / name).read_text(), root, port, user_line)
+        target = root / "run" / "nginx" / ("nginx.conf" if name == "local.conf" else name)
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+            changed = True
+    return changed
+
+
+def rpc(root=ROOT):
+    transport = SupervisorTransport(None, None, f"unix://{root}/run/supervisor.sock")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def supervisor_running(root=ROOT):
+    try:
+        return rpc(root).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Fault):
+        return False
+
+
+def remove_stale_files(root=ROOT):
+    """After a crash, sockets and pid files stay behind and block a new start."""
+    for path in list((root / "run").glob("*.sock")) + list((root / "run").glob("*.pid")):
+        path.unlink(missing_ok=True)
+    (root / "run" / "gunicorn.ctl").unlink(missing_ok=True)
+
+
+def venv_bin(name, root=ROOT):
+    return str(root / ".venv" / "bin" / name)
+
+
+def supervisor_env():
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:{SYSTEM_PATH}"
+    return env
+
+
+def manage(*args, root=ROOT):
+    subprocess.run([sys.executable, str(root / "manage.py"), *args], cwd=root, check=True)
+
+
+def start_or_update(root=ROOT, nginx_changed=False):
+    if supervisor_running(root):
+        ctl = [venv_bin("supervisorctl", root), "-c", str(SUPERVISOR_CONF)]
+        subprocess.run([*ctl, "update"], check=True, env=supervisor_env(), stdout=subprocess.DEVNULL)
+        subprocess.run([*ctl, "start", "all"], env=supervisor_env(), stdout=subprocess.DEVNULL)
+        if nginx_changed:
+            rpc(root).supervisor.signalProcess(f"{SLUG}:{SLUG}-nginx", "HUP")
+        return "updated"
+    remove_stale_files(root)
+    subprocess.run([venv_bin("supervisord", root), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env())
+    return "started"
+
+
+def healthz_status(port, timeout=2.0):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def tail(path, lines=20):
+    if not path.exists():
+        return f"({path} does not exist)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def explain_failure(root=ROOT):
+    """Name the programs that are not running and show the end of their logs."""
+    report = []
+    try:
+        processes = rpc(root).supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Fault):
+        return "supervisord is not running:\n" + tail(root / "logs" / "supervisord.log")
+    broken = [p for p in processes if p["statename"] != "RUNNING"]
+    for process in broken or processes:
+        report.append(f"--- {process['name']}: {process['statename']} (log: {process['stdout_logfile']})")
+        report.append(tail(Path(process["stdout_logfile"])))
+    return "\n".join(report)
+
+
+def wait_healthy(port, root=ROOT, timeout=None):
+    timeout = timeout or float(os.environ.get("UP_TIMEOUT", "30"))
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = healthz_status(port)
+        if status == 200:
+            return
+        time.sleep(0.2)
+    raise StackError(f"/healthz did not answer 200 within {timeout:.0f} s (last: {status}).\n" + explain_failure(root))
+
+
+def up(root=ROOT):
+    started = time.monotonic()
+    port = local_port(root)
+    prepare_dirs(root)
+    nginx_changed = render_nginx(root, port)
+    manage("migrate", "--noinput", "-v", "0", root=root)
+    manage("collectstatic", "--noinput", "-v", "0", root=root)
+    action = start_or_update(root, nginx_changed)
+    wait_healthy(port, root)
+    print(f"Stack {action} in {time.monotonic() - started:.1f} s: http://127.0.0.1:{port}/")
+
+
+def down(root=ROOT, timeout=60):
+    if supervisor_running(root):
+        pid = rpc(root).supervisor.getPID()
+        rpc(root).supervisor.shutdown()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        if pid_alive(pid):
+            raise StackError(f"supervisord (pid {pid}) is still running after {timeout} s; see logs/supervisord.log.")
+    remove_stale_files(root)
+    print("Stack stopped.")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv):
+    commands = {"up": up, "down": down, "render": render_nginx}
+    if len(argv) != 2 or argv[1] not in commands:
+        sys.exit(f"usage: {argv[0]} " + "|".join(commands))
+    try:
+        commands[argv[1]]()
+    except StackError as exc:
+        sys.exit(f"make {argv[1]}: {exc}")
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"make {argv[1]}: `{' '.join(map(str, exc.cmd))}` failed with exit code {exc.returncode}.")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,56 @@
+"""Read settings from the environment, after loading the project's .env file.
+
+A dozen plain lines instead of a dependency: the file is KEY=VALUE lines that
+the post-gen hook and deploy/install.sh write, and variables already set in the
+environment win over the file (so tests and `make check` can override them).
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+def load_env_file(path: Path) -> None:
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+def get_str(key: str, default: str = "") -> str:
+    return os.environ.get(key, default)
+
+
+def get_bool(key: str, default: bool = False) -> bool:
+    value = os.environ.get(key)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def get_list(key: str, default: str = "") -> list[str]:
+    return [item.strip() for item in get_str(key, default).split(",") if item.strip()]
+
+
+def database_from_url(url: str, base_dir: Path) -> dict:
+    """Turn sqlite:///path or postgres://user:pass@host:port/name into DATABASES["default"]."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:///db.sqlite3 is relative to the project, sqlite:////abs/path absolute.
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": base_dir / parts.path[1:]}
+    if parts.scheme in {"postgres", "postgresql"}:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path[1:]),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            # An empty host means the local unix socket, like psql.
+            "HOST": unquote(parts.hostname or ""),
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": 60,
+        }
+    raise ValueError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite:// or postgres://)")
