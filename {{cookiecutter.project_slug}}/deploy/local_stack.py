@@ -73,10 +73,17 @@ def prepare_dirs(root=ROOT):
             ) from exc
 
 
-def render(template, root, port, user_line):
+def fill_in(template, root, port, user_line):
     for placeholder, value in (("@APP_ROOT@", root), ("@LOCAL_PORT@", port), ("@USER_LINE@", user_line)):
         template = template.replace(placeholder, str(value))
     return template
+
+
+def render(root=ROOT):
+    """Prepare directories and write the nginx config, without starting anything."""
+    prepare_dirs(root)
+    render_nginx(root)
+    print(f"nginx config written to {root / 'run' / 'nginx' / 'nginx.conf'}")
 
 
 def render_nginx(root=ROOT, port=None):
@@ -87,7 +94,7 @@ def render_nginx(root=ROOT, port=None):
     user_line = "user root root;" if os.geteuid() == 0 else ""
     changed = False
     for name in NGINX_TEMPLATES:
-        text = render((root / "deploy" / "nginx" / name).read_text(), root, port, user_line)
+        text = fill_in((root / "deploy" / "nginx" / name).read_text(), root, port, user_line)
         target = root / "run" / "nginx" / ("nginx.conf" if name == "local.conf" else name)
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
@@ -219,7 +226,7 @@ def pid_alive(pid):
 
 
 def main(argv):
-    commands = {"up": up, "down": down, "render": render_nginx}
+    commands = {"up": up, "down": down, "render": render}
     if len(argv) != 2 or argv[1] not in commands:
         sys.exit(f"usage: {argv[0]} " + "|".join(commands))
     try:

@@ -1,0 +1,165 @@
+"""Bake every value of every choice and check what comes out.
+
+Each combination is baked once (without a .venv) and must: leave no Jinja
+behind, pass ruff, pass `manage.py check`, and give configs that nginx,
+gunicorn and supervisord accept.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TOOLS, all_combinations, bake, require, run
+
+COMBINATIONS = all_combinations()
+LEFTOVER = re.compile(r"\{\{\s*cookiecutter|\{%-?\s*(if|endif|raw|endraw)\b|cookiecutter\.")
+
+
+def ids(combo):
+    return "-".join(f"{v}" for _, v in sorted(combo.items()))
+
+
+@pytest.fixture(params=COMBINATIONS, ids=ids, scope="module")
+def baked(request, cookies_session):
+    return bake(cookies_session, **request.param), request.param
+
+
+def text_files(project):
+    for path in project.rglob("*"):
+        if path.is_file() and ".venv" not in path.parts:
+            try:
+                yield path, path.read_text()
+            except UnicodeDecodeError:
+                continue
+
+
+def test_no_template_syntax_left(baked):
+    project, _ = baked
+    leftovers = [str(path) for path, text in text_files(project) if LEFTOVER.search(text)]
+    assert leftovers == []
+
+
+def test_ruff_clean(baked):
+    project, _ = baked
+    run([TOOLS / "ruff", "check", "--no-cache", "."], cwd=project)
+    run([TOOLS / "ruff", "format", "--check", "--no-cache", "."], cwd=project)
+
+
+def test_manage_py_check(baked):
+    project, _ = baked
+    result = run([sys.executable, "manage.py", "check", "--fail-level", "WARNING"], cwd=project)
+    assert "no issues" in result.stdout
+
+
+def test_manage_py_check_deploy(baked):
+    project, _ = baked
+    production = {"SITE_HTTPS": "true", "DJANGO_SECRET_KEY": "k" * 10 + "abcdefghij" * 5, "DJANGO_DEBUG": "false"}
+    result = run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], project, production)
+    assert "no issues" in result.stdout
+
+
+def test_env_file_is_private_and_has_secret(baked):
+    project, combo = baked
+    env_file = project / ".env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert len(values["DJANGO_SECRET_KEY"]) >= 50
+    assert not values["DJANGO_SECRET_KEY"].startswith("django-insecure")
+    sock = "redis-server.sock" if combo["redis"] == "system" else "redis-cache.sock"
+    assert sock in values["REDIS_CACHE_URL"]
+
+
+def test_settings_follow_the_choices(baked):
+    project, combo = baked
+    code = (
+        "import django, json; django.setup(); from django.conf import settings as s;"
+        "print(json.dumps({'engine': s.SESSION_ENGINE, 'alias': s.SESSION_CACHE_ALIAS,"
+        "'default': s.CACHES['default'], 'sessions': s.CACHES['sessions']}, default=str))"
+    )
+    slug = project.name
+    out = run([sys.executable, "-c", code], project, {"DJANGO_SETTINGS_MODULE": f"{slug}.settings"}).stdout
+    settings = json.loads(out)
+    assert settings["engine"] == f"django.contrib.sessions.backends.{combo['session_engine']}"
+    assert settings["alias"] == "sessions"
+    assert settings["default"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
+    assert "IGNORE_EXCEPTIONS" not in settings["sessions"]["OPTIONS"]
+    assert settings["default"]["KEY_PREFIX"] == slug
+    # One socket per store with dedicated Redis; one socket, two dbs with system.
+    if combo["redis"] == "dedicated":
+        assert settings["default"]["LOCATION"].endswith("run/redis-cache.sock?db=0")
+        assert settings["sessions"]["LOCATION"].endswith("run/redis-sessions.sock?db=0")
+    else:
+        assert settings["default"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=0"
+        assert settings["sessions"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=1"
+
+
+def test_pruned_files_follow_redis_choice(baked):
+    project, combo = baked
+    assert (project / "deploy" / "redis").exists() == (combo["redis"] == "dedicated")
+
+
+def test_gunicorn_check_config(baked):
+    project, _ = baked
+    result = run([TOOLS / "gunicorn", "--check-config", "-c", "deploy/gunicorn.conf.py"], project, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_accepts_local_config(baked):
+    project, _ = baked
+    nginx = require("nginx")
+    run([sys.executable, "deploy/local_stack.py", "render"], project)
+    result = run([nginx, "-t", "-p", project / "run" / "nginx", "-c", "nginx.conf", "-e", "stderr"], project)
+    assert "syntax is ok" in result.stderr
+
+
+def test_supervisord_parses_config(baked):
+    project, combo = baked
+    code = (
+        "import sys; from supervisor.options import ServerOptions; o = ServerOptions();"
+        "o.realize(['-c', sys.argv[1]]);"
+        "print(' '.join(p.name for g in o.process_group_configs for p in g.process_configs))"
+    )
+    names = run([sys.executable, "-c", code, "deploy/supervisor/local.conf"], project).stdout.split()
+    slug = project.name
+    expected = {f"{slug}-gunicorn", f"{slug}-nginx"}
+    if combo["redis"] == "dedicated":
+        expected |= {f"{slug}-redis-cache", f"{slug}-redis-sessions"}
+    assert set(names) == expected
+
+
+def test_redis_configs_policies(baked):
+    project, combo = baked
+    if combo["redis"] == "system":
+        assert not (project / "deploy" / "redis").exists()
+        return
+    conf = {
+        name: dict(
+            line.split(None, 1)
+            for line in (project / "deploy" / "redis" / f"{name}.conf").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+        for name in ("cache", "sessions")
+    }
+    assert conf["cache"]["port"] == conf["sessions"]["port"] == "0"
+    assert conf["cache"]["unixsocketperm"] == conf["sessions"]["unixsocketperm"] == "770"
+    assert conf["cache"]["maxmemory-policy"] == "allkeys-lru" and "maxmemory" in conf["cache"]
+    assert conf["cache"]["appendonly"] == "no"
+    assert conf["sessions"]["maxmemory-policy"] == "noeviction"
+    assert conf["sessions"]["appendonly"] == "yes"
+
+
+def test_secret_not_in_replay(cookies):
+    """The replay file stores every answer: the secret must not be one of them."""
+    project = bake(cookies)
+    secret = next(
+        line.split("=", 1)[1] for line in (project / ".env").read_text().splitlines() if line.startswith("DJANGO_")
+    )
+    replay_dir = Path(cookies._config_file).parent / "cookiecutter_replay"
+    replay_files = list(replay_dir.glob("*.json"))
+    assert replay_files, f"no replay file in {replay_dir}"
+    assert all(secret not in path.read_text() for path in replay_files)
+    tracked = subprocess.run(["grep", "-rl", secret, str(project)], capture_output=True, text=True).stdout.split()
+    assert tracked == [str(project / ".env")]
