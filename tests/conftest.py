@@ -100,3 +100,88 @@ def run(command, cwd, env=None, timeout=300, check=True):
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(map(str, command))} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def project_processes(project):
+    """PIDs of processes that belong to a baked project: run from it or named after it."""
+    project = str(project)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if project in cmdline or cwd == project or cwd.startswith(project + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+class Stack:
+    """A baked project whose local stack (`make up`) is running."""
+
+    def __init__(self, project):
+        self.project = project
+        self.slug = project.name
+        values = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines() if "=" in line)
+        self.port = int(values["LOCAL_PORT"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def make(self, *targets, check=True, timeout=180, env=None):
+        return run(["make", "--no-print-directory", *targets], self.project, env=env, timeout=timeout, check=check)
+
+    def manage(self, *args, env=None):
+        return run([self.project / ".venv" / "bin" / "python", "manage.py", *args], self.project, env=env)
+
+    def redis(self, name):
+        import redis
+
+        return redis.Redis(unix_socket_path=str(self.project / "run" / f"redis-{name}.sock"), socket_timeout=2)
+
+    def processes(self):
+        return project_processes(self.project)
+
+    def log(self, name):
+        path = self.project / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_stack(cookies, **choices):
+    """Bake with a real .venv on a free port and run `make up`."""
+    require("redis-server")
+    require("nginx")
+    project = bake(cookies, venv=True, local_port=str(free_port()), **choices)
+    stack = Stack(project)
+    stack.make("up")
+    return stack
+
+
+def stop_stack(stack):
+    """`make down`, then prove nothing of the project is left running."""
+    stack.make("down")
+    leftovers = stack.processes()
+    for pid in leftovers:  # never leave strays behind, even when failing
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert leftovers == [], f"processes left after make down: {leftovers}"
+    assert list((stack.project / "run").glob("*.sock")) == []
+
+
+@pytest.fixture(scope="session")
+def stack(cookies_session):
+    """The default bake, running; shared by the end-to-end tests."""
+    running = start_stack(cookies_session)
+    yield running
+    stop_stack(running)

@@ -59,6 +59,7 @@ def local_port(root=ROOT):
 
 def prepare_dirs(root=ROOT):
     """Create the writable directories and prove they are writable."""
+    check_socket_paths(root)
     for name in DIRS:
         path = root / name
         try:
@@ -71,6 +72,22 @@ def prepare_dirs(root=ROOT):
                 f"{path}: cannot write there ({exc.strerror}). "
                 "Free disk space or make it writable for this user, then run `make up` again."
             ) from exc
+
+
+# The kernel limits a unix socket path to 107 bytes; supervisor spells the
+# paths as deploy/supervisor/../../run/<name>, so the project root must be
+# short enough for that spelling of the longest socket name.
+SOCKET_PATH_MAX = 107
+LONGEST_SOCKET = "deploy/supervisor/../../run/redis-sessions.sock"
+
+
+def check_socket_paths(root=ROOT):
+    longest = f"{root}/{LONGEST_SOCKET}"
+    if len(longest.encode()) > SOCKET_PATH_MAX:
+        raise StackError(
+            f"{root}: the path is too long for unix sockets ({len(longest.encode())} > {SOCKET_PATH_MAX} bytes "
+            f"for {longest}). Move the project to a shorter path."
+        )
 
 
 def fill_in(template, root, port, user_line):
@@ -158,7 +175,7 @@ def healthz_status(port, timeout=2.0):
         return None
 
 
-def tail(path, lines=20):
+def tail(path, lines=50):
     if not path.exists():
         return f"({path} does not exist)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
