@@ -125,9 +125,9 @@ def check_python(python, django_version):
 
 def validate(context):
     """Check every answer that can be wrong; raise InvalidAnswer on the first bad one."""
-    check_slug(context["project_slug"])
     for field in ("project_name", "author_name", "description"):
         check_text(field, context[field])
+    check_slug(context["project_slug"])
     check_domain(context["domain_name"])
     check_email(context["email"])
     check_timezone(context["timezone"])

@@ -1,0 +1,192 @@
+"""Unit tests of the hook functions, imported straight from hooks/."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import bake, load_hook, require
+
+pre = load_hook("pre_gen_project")
+post = load_hook("post_gen_project")
+
+
+# pre_gen_project ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slug", ["my_site", "shop2", "a"])
+def test_good_slugs(slug):
+    assert pre.check_slug(slug) == slug
+
+
+@pytest.mark.parametrize("slug", ["My_site", "2shop", "my-site", "import", "redis", "gunicorn", "tests", "email", ""])
+def test_bad_slugs(slug):
+    with pytest.raises(pre.InvalidAnswer, match=r"^project_slug: "):
+        pre.check_slug(slug)
+
+
+@pytest.mark.parametrize("domain", ["example.com", "www.example.co.uk", "a-b.example"])
+def test_good_domains(domain):
+    assert pre.check_domain(domain) == domain
+
+
+@pytest.mark.parametrize("domain", ["example", "Example.com", "-a.com", "a..com", "https://a.com", "a.com:80"])
+def test_bad_domains(domain):
+    with pytest.raises(pre.InvalidAnswer, match=r"^domain_name: "):
+        pre.check_domain(domain)
+
+
+def test_email_port_timezone_rules():
+    assert pre.check_email("a.b@example.com")
+    for email in ("nobody", "a@b", 'a"b@example.com'):
+        with pytest.raises(pre.InvalidAnswer, match="^email: "):
+            pre.check_email(email)
+    assert pre.check_port("1024") == 1024 and pre.check_port("65535") == 65535
+    for port in ("1023", "65536", "-1", "80a"):
+        with pytest.raises(pre.InvalidAnswer, match="^local_port: "):
+            pre.check_port(port)
+    assert pre.check_timezone("Europe/Berlin")
+    with pytest.raises(pre.InvalidAnswer, match="^timezone: "):
+        pre.check_timezone("Europe/Atlantis")
+
+
+def test_python_version_of_this_interpreter():
+    assert pre.python_version(sys.executable) == sys.version_info[:2]
+    assert pre.python_version("/nonexistent/python") is None
+    assert pre.check_python(sys.executable, "5.2") == sys.executable
+
+
+def test_message_names_field_value_and_rule():
+    message = str(pre.InvalidAnswer("local_port", "80", "use a number from 1024 to 65535"))
+    assert message == "local_port: '80' is not valid: use a number from 1024 to 65535"
+
+
+# post_gen_project ---------------------------------------------------------------
+
+CONTEXT = {"redis": "dedicated", "domain_name": "example.com", "local_port": "8000"}
+
+
+def test_env_file_is_0600_with_fresh_key_and_never_overwritten(tmp_path):
+    path = post.write_env_file(tmp_path, CONTEXT)
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = path.read_text()
+    key = next(line for line in first.splitlines() if line.startswith("DJANGO_SECRET_KEY=")).split("=", 1)[1]
+    assert len(key) >= 50 and len(set(key)) >= 5
+    post.write_env_file(tmp_path, CONTEXT)
+    assert path.read_text() == first
+    assert post.new_secret_key() != post.new_secret_key()
+
+
+def test_redis_urls_for_each_mode(tmp_path):
+    cache, sessions = post.redis_urls(tmp_path, CONTEXT)
+    assert cache == f"unix://{tmp_path}/run/redis-cache.sock?db=0"
+    assert sessions == f"unix://{tmp_path}/run/redis-sessions.sock?db=0"
+    cache, sessions = post.redis_urls(tmp_path, {**CONTEXT, "redis": "system"}, "/x/redis.sock")
+    assert (cache, sessions) == ("unix:///x/redis.sock?db=0", "unix:///x/redis.sock?db=1")
+
+
+def test_venv_commands_prefer_uv_and_compile_bytecode(tmp_path):
+    with_uv = post.venv_commands(tmp_path, "/usr/bin/python3", uv="/bin/uv")
+    assert with_uv[0][:2] == ["/bin/uv", "venv"]
+    assert "--compile-bytecode" in with_uv[1]
+    without = post.venv_commands(tmp_path, "/usr/bin/python3")
+    assert without[0] == ["/usr/bin/python3", "-m", "venv", str(tmp_path / ".venv")]
+    assert without[1][-2:] == ["-e", ".[dev]"]
+
+
+def test_remove_unused_files_only_for_system_redis(tmp_path):
+    (tmp_path / "deploy" / "redis").mkdir(parents=True)
+    assert post.remove_unused_files(tmp_path, CONTEXT) == []
+    assert (tmp_path / "deploy" / "redis").exists()
+    post.remove_unused_files(tmp_path, {**CONTEXT, "redis": "system"})
+    assert not (tmp_path / "deploy" / "redis").exists()
+
+
+def test_next_steps_mention_make_venv_only_when_needed(tmp_path):
+    assert any("make venv" in step for step in post.next_steps(tmp_path, CONTEXT, venv_ok=False))
+    assert not any("make venv" in step for step in post.next_steps(tmp_path, CONTEXT, venv_ok=True))
+
+
+@pytest.fixture
+def short_tmp():
+    """A short directory for sockets (107-byte path limit)."""
+    path = subprocess.run(["mktemp", "-d", "/tmp/hk-XXXX"], capture_output=True, text=True).stdout.strip()
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def serve_once(path, reply):
+    """A unix socket server that answers one connection with `reply`."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(64)
+        conn.sendall(reply)
+        conn.close()
+        server.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+
+
+def test_redis_ping_diagnoses(short_tmp):
+    assert post.redis_ping(short_tmp / "none.sock") == (False, "missing")
+    serve_once(short_tmp / "http.sock", b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert post.redis_ping(short_tmp / "http.sock") == (False, "not-redis")
+    serve_once(short_tmp / "auth.sock", b"-NOAUTH Authentication required.\r\n")
+    assert post.redis_ping(short_tmp / "auth.sock") == (False, "auth")
+
+
+def test_check_redis_starts_the_real_configs(cookies, short_tmp):
+    require("redis-server")
+    project = bake(cookies)
+    ok, lines = post.check_redis(project, {"redis": "dedicated"})
+    assert ok, lines
+    assert any("cache.conf: starts and answers PING" in line for line in lines)
+    assert any("sessions.conf: starts and answers PING" in line for line in lines)
+    # A config redis-server rejects is reported with its own complaint.
+    (project / "deploy" / "redis" / "cache.conf").write_text("maxmemory-policy sometimes\n")
+    ok, lines = post.check_redis(project, {"redis": "dedicated"})
+    assert not ok
+    assert any("cache.conf: does not start here" in line for line in lines), lines
+
+
+def test_check_redis_system_socket(short_tmp):
+    require("redis-server")
+    sock = short_tmp / "sys.sock"
+    ok, lines = post.check_redis(short_tmp, {"redis": "system"}, str(sock))
+    assert not ok and "apt-get install redis-server" in lines[-1] and str(sock) in lines[-1]
+    server = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(short_tmp)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if post.redis_ping(sock)[0]:
+                break
+            time.sleep(0.05)
+        ok, lines = post.check_redis(short_tmp, {"redis": "system"}, str(sock))
+        assert ok and lines[-1] == f"system Redis answers on {sock}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_check_redis_without_redis_server(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ok, lines = post.check_redis(tmp_path, {"redis": "dedicated"})
+    assert not ok
+    assert lines == ["redis-server is not installed. Run: sudo apt-get install redis-server"]
+
+
+def test_hooks_are_valid_python_before_rendering():
+    for module in (pre, post):
+        assert callable(module.main)
+    assert os.path.basename(pre.__file__) == "pre_gen_project.py"
