@@ -17,16 +17,18 @@ import pytest
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent
-CHOICES = {key: value for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items() if isinstance(value, list)}
+CHOICES = {
+    key: value
+    for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
+    if isinstance(value, list)
+}
 # nginx and redis-server may live where a normal user's PATH does not look.
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin")
 
 
 def require(binary):
     """Path of a binary the tests need: a failure in CI, a skip on a laptop."""
-    found = shutil.which(binary) or next(
-        (f"{d}/{binary}" for d in SBIN if os.access(f"{d}/{binary}", os.X_OK)), None
-    )
+    found = shutil.which(binary) or next((f"{d}/{binary}" for d in SBIN if os.access(f"{d}/{binary}", os.X_OK)), None)
     if found:
         return found
     message = f"{binary} is not installed (bootstrap.sh installs it with apt-get)"
