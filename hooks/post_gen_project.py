@@ -118,9 +118,7 @@ def make_venv(project_dir, python):
         started = time.monotonic()
         result = subprocess.run(command, cwd=project_dir, env=env)
         if result.returncode != 0:
-            say(
-                f"ERROR: .venv step {step} failed (exit {result.returncode}). Fix the error above, then run `make venv`."
-            )
+            say(f"ERROR: .venv step {step} failed (exit {result.returncode}). Fix the error above, then `make venv`.")
             return False
         say(f"  done in {time.monotonic() - started:.1f} s")
     return True

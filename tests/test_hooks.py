@@ -190,3 +190,11 @@ def test_hooks_are_valid_python_before_rendering():
     for module in (pre, post):
         assert callable(module.main)
     assert os.path.basename(pre.__file__) == "pre_gen_project.py"
+
+
+def test_template_code_is_ruff_clean():
+    """The hooks and these tests follow the same rules as the generated code."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    for command in ([ruff, "check", "hooks", "tests"], [ruff, "format", "--check", "hooks", "tests"]):
+        result = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
