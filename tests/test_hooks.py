@@ -198,3 +198,17 @@ def test_template_code_is_ruff_clean():
     for command in ([ruff, "check", "hooks", "tests"], [ruff, "format", "--check", "hooks", "tests"]):
         result = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_template_file_is_ignored_by_git():
+    """The generated .gitignore applies to the template folder too: it must not hide template files."""
+    root = Path(__file__).parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "{{cookiecutter.project_slug}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert [path for path in ignored if "__pycache__" not in path and ".egg-info" not in path] == []
