@@ -60,7 +60,7 @@ def test_healthz_through_nginx(stack):
 def test_home_page_is_cached_in_cache_redis(stack):
     stack.redis("cache").flushdb()
     response = requests.get(f"{stack.base_url}/", timeout=10)
-    assert response.status_code == 200
+    assert response.status_code == 200, stack.log("gunicorn.log")[-4000:]
     assert "every hop a unix socket" in response.text
     keys = redis_keys(stack.redis("cache"))
     assert any("views.decorators.cache.cache_page" in key for key in keys), keys
