@@ -55,6 +55,7 @@ demo)
     # Bake with the defaults; the post-gen hook makes the project's .venv.
     .venv/bin/cookiecutter --no-input --overwrite-if-exists -o demo . project_name="Demo Site"
     make -C demo/demo_site up
+    log "demo site: http://127.0.0.1:8000/ (stop it with: make -C demo/demo_site down)"
     ;;
 test)
     install_packages
