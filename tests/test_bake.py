@@ -82,7 +82,8 @@ def test_settings_follow_the_choices(baked):
     slug = project.name
     out = run([sys.executable, "-c", code], project, {"DJANGO_SETTINGS_MODULE": f"{slug}.settings"}).stdout
     settings = json.loads(out)
-    assert settings["engine"] == f"django.contrib.sessions.backends.{combo['session_engine']}"
+    # The project's own stores: Django's, made safe against Redis faults (web/sessions/).
+    assert settings["engine"] == f"web.sessions.{combo['session_engine']}"
     assert settings["alias"] == "sessions"
     assert settings["default"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
     assert "IGNORE_EXCEPTIONS" not in settings["sessions"]["OPTIONS"]

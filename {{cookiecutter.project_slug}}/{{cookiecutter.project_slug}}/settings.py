@@ -36,6 +36,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A sessions Redis outage is a 503 page, not a 500 or a logout.
+    "web.middleware.RedisUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -106,7 +108,10 @@ CACHES = {
 # Log each swallowed cache error instead of hiding the outage.
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
-SESSION_ENGINE = "django.contrib.sessions.backends.{{ cookiecutter.session_engine }}"
+# Django's cache and cached_db stores, made safe against Redis faults: see
+# web/sessions/ (an outage never deletes a session cookie; cached_db keeps
+# working from the database).
+SESSION_ENGINE = "web.sessions.{{ cookiecutter.session_engine }}"
 SESSION_CACHE_ALIAS = "sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
