@@ -24,9 +24,8 @@ import pytest
 from conftest import all_combinations, bake, project_processes, require, run
 
 DOMAIN = "socketstack.test"
-PROJECT_NAME = "Socketstack Deploy"
-SLUG = "socketstack_deploy"
-APP_ROOT = Path("/webapps") / SLUG
+# One real install per Redis choice; the slug names the user and /webapps/<slug>.
+SERVER_SLUGS = {"dedicated": "sst_deploy", "system": "sst_deploy_sysredis"}
 CERT = Path("/etc/ssl/socketstack") / DOMAIN / "fullchain.pem"
 ADMIN_PASSWORD = "deploy-test-" + "pw-7h2m" * 3
 # Variables that would change what install.sh does: never inherit them.
@@ -122,8 +121,11 @@ def wait_gone(pid, timeout=30):
 class Server:
     """A baked project installed by deploy/install.sh, reached with curl."""
 
-    def __init__(self, project, workdir):
+    def __init__(self, project, workdir, redis):
         self.project = project
+        self.slug = project.name
+        self.app_root = Path("/webapps") / self.slug
+        self.redis = redis
         self.workdir = workdir
         self.jar = workdir / "cookies.txt"
         self.timings = {}
@@ -193,12 +195,26 @@ class Server:
     def as_app_user(self, *command, env=None):
         env_args = [f"{key}={value}" for key, value in (env or {}).items()]
         return run(
-            ["runuser", "-u", SLUG, "--", "env", "-i", "PATH=/usr/bin:/bin", f"HOME={APP_ROOT}", *env_args, *command],
-            APP_ROOT,
+            [
+                "runuser",
+                "-u",
+                self.slug,
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+                f"HOME={self.app_root}",
+                *env_args,
+                *command,
+            ],
+            self.app_root,
         )
 
     def manage(self, *args, env=None):
-        return self.as_app_user(str(APP_ROOT / ".venv" / "bin" / "python"), "manage.py", *args, env=env)
+        return self.as_app_user(str(self.app_root / ".venv" / "bin" / "python"), "manage.py", *args, env=env)
+
+    def installed(self):
+        return self.app_root.exists() or Path(f"/etc/supervisor/conf.d/{self.slug}.conf").exists()
 
 
 def require_root():
@@ -209,25 +225,36 @@ def require_root():
     pytest.skip("deploy/install.sh needs root: run the suite as root (CI does)")
 
 
-@pytest.fixture(scope="module")
-def server(cookies_session, tmp_path_factory):
+def system_redis_running():
+    try:
+        os.kill(int(Path("/run/redis/redis-server.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_SLUGS), ids=lambda redis: f"redis={redis}")
+def server(request, cookies_session, tmp_path_factory):
     """Bake, install with install.sh, and always clean up with uninstall.sh."""
     require_root()
     require("curl")
-    if APP_ROOT.exists() or Path(f"/etc/supervisor/conf.d/{SLUG}.conf").exists():
-        pytest.fail(f"{APP_ROOT} or its supervisor program exists already: run its deploy/uninstall.sh first")
+    redis = request.param
+    slug = SERVER_SLUGS[redis]
+    if Path(f"/webapps/{slug}").exists() or Path(f"/etc/supervisor/conf.d/{slug}.conf").exists():
+        pytest.fail(f"/webapps/{slug} or its supervisor program exists already: run its deploy/uninstall.sh first")
     nginx_before, supervisord_before = nginx_running(), supervisord_running()
-    project = bake(cookies_session, project_name=PROJECT_NAME, domain_name=DOMAIN)
-    assert project.name == SLUG
+    redis_before = system_redis_running()
+    project = bake(cookies_session, project_slug=slug, domain_name=DOMAIN, redis=redis)
+    assert project.name == slug
     # A checkout has a .git directory: it must never be served.
     (project / ".git").mkdir()
     (project / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
-    deployed = Server(project, tmp_path_factory.mktemp("deploy"))
+    deployed = Server(project, tmp_path_factory.mktemp("deploy"), redis)
     try:
         deployed.install("first run")
         yield deployed
     finally:
-        if APP_ROOT.exists() or Path(f"/etc/supervisor/conf.d/{SLUG}.conf").exists():
+        if deployed.installed():
             deployed.uninstall()
         # Stop exactly the daemons that the install started.
         if supervisord_before is None and (pid := supervisord_running()):
@@ -237,8 +264,10 @@ def server(cookies_session, tmp_path_factory):
             subprocess.run(["nginx", "-s", "quit"], capture_output=True)
             if not wait_gone(pid):
                 os.kill(pid, 9)
+        if redis == "system" and not redis_before and system_redis_running():
+            subprocess.run(["service", "redis-server", "stop"], capture_output=True)
         for label, seconds in deployed.timings.items():
-            print(f"install.sh {label}: {seconds:.1f} s")
+            print(f"install.sh redis={redis} {label}: {seconds:.1f} s")
 
 
 def test_install_says_how_it_runs_services(server):
@@ -261,18 +290,18 @@ def test_http_redirects_to_https_except_acme(server):
     assert status == 301
     assert headers["location"] == [f"https://{DOMAIN}/some/path?x=1"]
     assert headers["server"] == ["nginx"]
-    challenge = APP_ROOT / "var" / "acme" / ".well-known" / "acme-challenge"
+    challenge = server.app_root / "var" / "acme" / ".well-known" / "acme-challenge"
     challenge.mkdir(parents=True, exist_ok=True)
     (challenge / "token123").write_text("proof")
     for path in (challenge.parent, challenge, challenge / "token123"):
-        shutil.chown(path, "root", SLUG)
+        shutil.chown(path, "root", server.slug)
         path.chmod(0o750 if path.is_dir() else 0o640)
     code, status, _, body = server.curl(f"http://{DOMAIN}/.well-known/acme-challenge/token123")
     assert (code, status, body) == (0, 200, "proof")
 
 
 def test_security_headers_on_pages_and_static_files(server):
-    manifest = APP_ROOT / "static" / "staticfiles.json"
+    manifest = server.app_root / "static" / "staticfiles.json"
     hashed = re.search(r'"admin/css/base\.css": "([^"]+)"', manifest.read_text()).group(1)
     for path in ("/", "/healthz", f"/static/{hashed}", "/static/admin/css/base.css", "/no-such-page"):
         _, headers, _ = server.get(path)
@@ -322,22 +351,26 @@ def test_check_deploy_passes_as_app_user(server):
 
 
 def test_env_file_and_layout_permissions(server):
-    env_file = APP_ROOT / ".env"
+    env_file = server.app_root / ".env"
     st = env_file.stat()
     assert st.st_mode & 0o777 in (0o600, 0o640)
     values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert values["DJANGO_DEBUG"] == "false" and values["SITE_HTTPS"] == "true"
     assert values["DJANGO_ALLOWED_HOSTS"] == DOMAIN
-    assert APP_ROOT.stat().st_mode & 0o007 == 0
-    app = pwd.getpwnam(SLUG)
+    assert server.app_root.stat().st_mode & 0o007 == 0
+    app = pwd.getpwnam(server.slug)
     # The app user writes its runtime directories, not its code.
-    assert (APP_ROOT / "run").stat().st_uid == app.pw_uid
-    for path in (APP_ROOT / "manage.py", APP_ROOT / SLUG / "settings.py", APP_ROOT / ".venv" / "bin"):
+    assert (server.app_root / "run").stat().st_uid == app.pw_uid
+    for path in (
+        server.app_root / "manage.py",
+        server.app_root / server.slug / "settings.py",
+        server.app_root / ".venv" / "bin",
+    ):
         assert path.stat().st_uid == 0 and path.stat().st_mode & 0o022 == 0, path
-    supervisor_conf = Path(f"/etc/supervisor/conf.d/{SLUG}.conf").read_text()
+    supervisor_conf = Path(f"/etc/supervisor/conf.d/{server.slug}.conf").read_text()
     assert values["DJANGO_SECRET_KEY"] not in supervisor_conf
-    assert supervisor_conf.count(f"user={SLUG}") == 3
+    assert supervisor_conf.count(f"user={server.slug}") == (3 if server.redis == "dedicated" else 1)
 
 
 def connect_as(user, path):
@@ -347,47 +380,60 @@ def connect_as(user, path):
 
 
 def test_sockets_closed_to_others(server):
-    sockets = [path for path in (APP_ROOT / "run").iterdir() if path.is_socket()]
+    sockets = [path for path in (server.app_root / "run").iterdir() if path.is_socket()]
     names = {path.name for path in sockets}
-    assert {"gunicorn.sock", "redis-cache.sock", "redis-sessions.sock"} <= names
+    if server.redis == "dedicated":
+        assert {"gunicorn.sock", "redis-cache.sock", "redis-sessions.sock"} <= names
+    else:
+        assert "gunicorn.sock" in names
+        sockets.append(Path("/run/redis/redis-server.sock"))
+        assert Path("/run/redis/redis-server.sock").stat().st_mode & 0o777 == 0o770
+        assert "redis" in subprocess.run(["id", "-nG", server.slug], capture_output=True, text=True).stdout.split()
     for path in sockets:
         assert path.stat().st_mode & 0o007 == 0, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
     # nginx's user reaches gunicorn through the app's group; nobody else does.
-    assert connect_as("www-data", APP_ROOT / "run" / "gunicorn.sock").returncode == 0
-    denied = connect_as("nobody", APP_ROOT / "run" / "gunicorn.sock")
+    assert connect_as("www-data", server.app_root / "run" / "gunicorn.sock").returncode == 0
+    denied = connect_as("nobody", server.app_root / "run" / "gunicorn.sock")
     assert denied.returncode != 0 and "PermissionError" in denied.stderr
 
 
+def sessions_redis_pid(server):
+    if server.redis == "system":
+        return Path("/run/redis/redis-server.pid").read_text().strip()
+    pattern = f"{server.app_root}/run/redis-sessions.sock"
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.strip()
+
+
 def test_second_install_keeps_sessions(server):
-    sessions_pid = subprocess.run(["pgrep", "-u", SLUG, "-f", "redis-sessions.sock"], capture_output=True, text=True)
+    before = sessions_redis_pid(server)
+    assert before
     server.login()
     server.install("second run")
     assert "exists: kept as it is" in server.outputs["second run"]
     assert "gunicorn reloaded gracefully" in server.outputs["second run"]
     status, _, body = server.get("/admin/")
     assert status == 200 and "Log out" in body, "the second install logged the user out"
-    again = subprocess.run(["pgrep", "-u", SLUG, "-f", "redis-sessions.sock"], capture_output=True, text=True)
-    assert again.stdout == sessions_pid.stdout  # the sessions Redis was not restarted
+    assert sessions_redis_pid(server) == before  # the sessions Redis was not restarted
 
 
 def test_uninstall_leaves_no_process_and_no_site(server):
-    uid = pwd.getpwnam(SLUG).pw_uid
+    uid = pwd.getpwnam(server.slug).pw_uid
     result = server.uninstall()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert project_processes(APP_ROOT) == []
+    assert project_processes(server.app_root) == []
     owned = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _uid_of(p) == uid]
     assert owned == []
-    assert not APP_ROOT.exists()
-    assert not Path(f"/etc/supervisor/conf.d/{SLUG}.conf").exists()
+    assert not server.app_root.exists()
+    assert not Path(f"/etc/supervisor/conf.d/{server.slug}.conf").exists()
     enabled = list(Path("/etc/nginx/sites-enabled").iterdir())
-    assert all(SLUG not in path.name and "socketstack" not in path.name for path in enabled), enabled
+    assert all(server.slug not in path.name and "socketstack" not in path.name for path in enabled), enabled
     dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True)
     assert DOMAIN not in dump.stdout
     # Nothing answers for the domain any more (refused, or the catch-all's 444).
     code, status, _, _ = server.curl(f"https://{DOMAIN}/healthz", "-k", jar=False)
     assert code != 0 and status == 0
     with pytest.raises(KeyError):
-        pwd.getpwnam(SLUG)
+        pwd.getpwnam(server.slug)
 
 
 def _uid_of(proc_dir):
