@@ -444,3 +444,31 @@ def _uid_of(proc_dir):
     except OSError:
         return None
     return None
+
+
+@pytest.mark.parametrize(
+    "env, first_line",
+    [
+        ({"DOMAIN": "https://example.com"}, "install.sh: ERROR: DOMAIN='https://example.com' is not a hostname"),
+        ({"DOMAIN": "Example.COM"}, "install.sh: ERROR: DOMAIN='Example.COM' is not a hostname"),
+        ({"APP_ROOT": "webapps/x"}, "install.sh: ERROR: APP_ROOT='webapps/x' must be an absolute path"),
+        ({"APP_ROOT": "/etc"}, "install.sh: ERROR: APP_ROOT='/etc' is a system directory"),
+        ({"APP_ROOT": "/srv/" + "x" * 90}, "install.sh: ERROR: APP_ROOT='/srv/xxx"),
+    ],
+    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root"],
+)
+def test_bad_input_fails_first_with_the_fix(cookies_session, env, first_line):
+    """Bad settings stop install.sh before it changes anything, with one clear line."""
+    project = bake(cookies_session, domain_name=DOMAIN)
+    result = run([project / "deploy" / "install.sh"], project, env=env, check=False)
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).splitlines()
+    assert lines[0].startswith(first_line), lines[:3]
+    assert len(lines) == 1
+
+
+def test_unknown_argument_is_refused(cookies_session):
+    project = bake(cookies_session, domain_name=DOMAIN)
+    result = run([project / "deploy" / "install.sh", "--frobnicate"], project, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("install.sh: ERROR: unknown argument '--frobnicate'")

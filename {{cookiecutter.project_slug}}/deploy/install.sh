@@ -118,11 +118,11 @@ fi
 # (2) Steps --------------------------------------------------------------------
 
 preflight() {
+    validate_input
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/install.sh"
-    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt, adduser's conventions and Debian's nginx layout (Debian 12 expected)."
+    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
     [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
         fail "$SRC does not look like the project: run deploy/install.sh from a checkout of it."
-    validate_input
     trap on_error ERR
     echo "install.sh: $SLUG for https://$DOMAIN/ in $APP_ROOT (from $SRC)"
     if has_systemd; then
