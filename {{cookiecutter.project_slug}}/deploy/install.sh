@@ -465,7 +465,7 @@ nginx_running() { [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/de
 
 step_nginx() {
     step "nginx: https://$DOMAIN/ (80 -> 443, TLS, catch-all 444)" \
-        "read \`nginx -t\`'s message above; the previous site files were put back, so nginx still serves the old config."
+        "read nginx's message above. A failed \`nginx -t\` puts the previous site files back; if nginx does not start, another program may hold port 80 or 443 (\`ss -ltnp\`)."
     local www f
     certificate
     www="$(nginx_user)"
