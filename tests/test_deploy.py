@@ -425,6 +425,7 @@ def test_uninstall_leaves_no_process_and_no_site(server):
     assert owned == []
     assert not server.app_root.exists()
     assert not Path(f"/etc/supervisor/conf.d/{server.slug}.conf").exists()
+    assert not Path("/var/lib/socketstack").exists()
     enabled = list(Path("/etc/nginx/sites-enabled").iterdir())
     assert all(server.slug not in path.name and "socketstack" not in path.name for path in enabled), enabled
     dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True)

@@ -87,6 +87,8 @@ if ! grep -qls "socketstack-site" /etc/nginx/sites-enabled/* 2>/dev/null; then
         rm -f "$STATE_DIR/debian-default-site-disabled"
         say "Debian's default site enabled again"
     fi
+    rm -f "$STATE_DIR/nginx-t.log"
+    rmdir "$STATE_DIR" 2>/dev/null || true
 fi
 if [ -n "$DOMAIN" ] && [ -d "/etc/ssl/socketstack/$DOMAIN" ]; then
     rm -rf "/etc/ssl/socketstack/$DOMAIN"
