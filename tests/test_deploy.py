@@ -1,0 +1,475 @@
+"""deploy/install.sh on this machine, for real: system nginx on ports 80/443
+with TLS, the system supervisor running gunicorn and Redis as the app user,
+then deploy/uninstall.sh.
+
+The server tests need root (CI runs as root on a fresh Debian 12); elsewhere
+they are skipped. They reach the site through 127.0.0.1 only, with curl's
+--resolve for the test domain, and check the self-signed certificate that
+install.sh made. Daemons that the tests start (nginx, supervisord) are stopped
+again at the end; ones that were already running are left running.
+
+The nginx config test renders the site for every option combination and runs
+`nginx -t` on it without installing anything.
+"""
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import all_combinations, bake, project_processes, require, run
+
+DOMAIN = "socketstack.test"
+# One real install per Redis choice; the slug names the user and /webapps/<slug>.
+SERVER_SLUGS = {"dedicated": "sst_deploy", "system": "sst_deploy_sysredis"}
+CERT = Path("/etc/ssl/socketstack") / DOMAIN / "fullchain.pem"
+ADMIN_PASSWORD = "deploy-test-" + "pw-7h2m" * 3
+# Variables that would change what install.sh does: never inherit them.
+INSTALL_ENV_DROP = ("DOMAIN", "APP_ROOT", "PYTHON", "SSL_CERTIFICATE", "SSL_CERTIFICATE_KEY")
+
+
+def ids(combo):
+    return "-".join(f"{v}" for _, v in sorted(combo.items()))
+
+
+# nginx -t for every combination (cheap, no root needed) ---------------------------
+
+
+@pytest.mark.parametrize("combo", all_combinations(), ids=ids)
+def test_nginx_accepts_server_site(cookies_session, tmp_path, combo):
+    nginx = require("nginx")
+    openssl = require("openssl")
+    project = bake(cookies_session, domain_name=DOMAIN, **combo)
+    out = tmp_path / "conf"
+    run([project / "deploy" / "install.sh", "--render-nginx", out], project, env={"APP_ROOT": "/webapps/x"})
+    slug = project.name
+    site, locations, catch_all = (
+        out / f"{slug}.conf",
+        out / f"{slug}-locations.conf",
+        out / "000-socketstack-default.conf",
+    )
+    for path in (site, locations, catch_all):
+        assert not re.search(r"@[A-Z_]+@", path.read_text()), path
+    text = site.read_text()
+    assert "listen 443 ssl http2;" in text and f"server_name {DOMAIN};" in text
+    assert f"include {locations};" in text
+    assert "server unix:/webapps/x/run/gunicorn.sock" in text
+    assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains; preload" always' in text
+    # The locations must not add headers: that would drop HSTS there.
+    directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]
+    assert not any("add_header" in line for line in directives)
+    assert "return 444" in catch_all.read_text() and "default_server" in catch_all.read_text()
+    # Throwaway certificate, logs and temp paths inside tmp_path.
+    run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={DOMAIN}",
+         "-keyout", out / "privkey.pem", "-out", out / "fullchain.pem"],
+        tmp_path,
+    )  # fmt: skip
+    site.write_text(text.replace("/var/log/nginx/", f"{tmp_path}/"))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n"
+        "    include /etc/nginx/mime.types;\n"
+        f"    access_log {tmp_path}/access.log;\n"
+        + "".join(
+            f"    {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + f"    include {catch_all};\n    include {site};\n}}\n"
+    )
+    result = run([nginx, "-t", "-p", tmp_path, "-c", tmp_path / "nginx.conf", "-e", "stderr"], tmp_path)
+    assert "syntax is ok" in result.stderr
+    assert "test is successful" in result.stderr
+
+
+# The real server ----------------------------------------------------------------
+
+
+def nginx_running():
+    try:
+        pid = int(Path("/run/nginx.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def supervisord_running():
+    result = subprocess.run(
+        ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "pid"], capture_output=True, text=True
+    ) if shutil.which("supervisorctl") else None  # fmt: skip
+    if result is None or result.returncode != 0 or not result.stdout.strip().isdigit():
+        return None
+    return int(result.stdout.strip())
+
+
+def wait_gone(pid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class Server:
+    """A baked project installed by deploy/install.sh, reached with curl."""
+
+    def __init__(self, project, workdir, redis):
+        self.project = project
+        self.slug = project.name
+        self.app_root = Path("/webapps") / self.slug
+        self.redis = redis
+        self.workdir = workdir
+        self.jar = workdir / "cookies.txt"
+        self.timings = {}
+        self.outputs = {}
+
+    def install(self, label):
+        env = {key: value for key, value in os.environ.items() if key not in INSTALL_ENV_DROP}
+        started = time.monotonic()
+        result = subprocess.run(
+            [self.project / "deploy" / "install.sh"], cwd=self.project, env=env, capture_output=True, text=True,
+            timeout=1200,
+        )  # fmt: skip
+        self.timings[label] = time.monotonic() - started
+        self.outputs[label] = result.stdout + result.stderr
+        print(f"install.sh ({label}): {self.timings[label]:.1f} s")
+        if result.returncode != 0:
+            pytest.fail(f"install.sh ({label}) exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def uninstall(self, *args):
+        return run([self.project / "deploy" / "uninstall.sh", *args], self.project, timeout=300, check=False)
+
+    def curl(self, url, *args, host=DOMAIN, jar=True):
+        """(curl exit code, status, headers as lowercase name -> [values], body)."""
+        headers_file = self.workdir / "headers.txt"
+        body_file = self.workdir / "body.txt"
+        headers_file.unlink(missing_ok=True)
+        body_file.unlink(missing_ok=True)
+        command = ["curl", "-sS", "--max-time", "15", "--cacert", str(CERT), "-D", str(headers_file),
+                   "-o", str(body_file), "-w", "%{http_code}",
+                   "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
+        if jar:
+            command += ["-b", str(self.jar), "-c", str(self.jar)]
+        result = subprocess.run([*command, *args, url], capture_output=True, text=True, timeout=30)
+        headers = {}
+        if headers_file.exists():
+            for line in headers_file.read_text(errors="replace").splitlines()[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers.setdefault(name.strip().lower(), []).append(value.strip())
+        body = body_file.read_text(errors="replace") if body_file.exists() else ""
+        status = int(result.stdout) if result.stdout.strip().isdigit() else 0
+        return result.returncode, status, headers, body
+
+    def get(self, path, *args, **kwargs):
+        code, status, headers, body = self.curl(f"https://{DOMAIN}{path}", *args, **kwargs)
+        assert code == 0, f"curl https://{DOMAIN}{path} failed with exit code {code}"
+        return status, headers, body
+
+    def login(self, password=ADMIN_PASSWORD):
+        self.jar.unlink(missing_ok=True)
+        status, _, form = self.get("/admin/login/?next=/admin/")
+        assert status == 200, form[:500]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+        code, status, headers, body = self.curl(
+            f"https://{DOMAIN}/admin/login/?next=/admin/",
+            "-H", f"Referer: https://{DOMAIN}/admin/login/",
+            "--data-urlencode", f"csrfmiddlewaretoken={token}",
+            "--data-urlencode", "username=admin",
+            "--data-urlencode", f"password={password}",
+            "--data-urlencode", "next=/admin/",
+        )  # fmt: skip
+        assert code == 0 and status == 302, body[:500]
+        assert headers["location"] == ["/admin/"]
+        return headers
+
+    def as_app_user(self, *command, env=None):
+        env_args = [f"{key}={value}" for key, value in (env or {}).items()]
+        return run(
+            [
+                "runuser",
+                "-u",
+                self.slug,
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/bin:/bin",
+                f"HOME={self.app_root}",
+                *env_args,
+                *command,
+            ],
+            self.app_root,
+        )
+
+    def manage(self, *args, env=None):
+        return self.as_app_user(str(self.app_root / ".venv" / "bin" / "python"), "manage.py", *args, env=env)
+
+    def installed(self):
+        return self.app_root.exists() or Path(f"/etc/supervisor/conf.d/{self.slug}.conf").exists()
+
+
+def require_root():
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("the deploy tests run install.sh for real and need root (CI runs as root)")
+    pytest.skip("deploy/install.sh needs root: run the suite as root (CI does)")
+
+
+def system_redis_running():
+    try:
+        os.kill(int(Path("/run/redis/redis-server.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_SLUGS), ids=lambda redis: f"redis={redis}")
+def server(request, cookies_session, tmp_path_factory):
+    """Bake, install with install.sh, and always clean up with uninstall.sh."""
+    require_root()
+    require("curl")
+    redis = request.param
+    slug = SERVER_SLUGS[redis]
+    if Path(f"/webapps/{slug}").exists() or Path(f"/etc/supervisor/conf.d/{slug}.conf").exists():
+        pytest.fail(f"/webapps/{slug} or its supervisor program exists already: run its deploy/uninstall.sh first")
+    nginx_before, supervisord_before = nginx_running(), supervisord_running()
+    redis_before = system_redis_running()
+    project = bake(cookies_session, project_slug=slug, domain_name=DOMAIN, redis=redis)
+    assert project.name == slug
+    # A checkout has a .git directory: it must never be served.
+    (project / ".git").mkdir()
+    (project / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
+    deployed = Server(project, tmp_path_factory.mktemp("deploy"), redis)
+    try:
+        deployed.install("first run")
+        yield deployed
+    finally:
+        if deployed.installed():
+            deployed.uninstall()
+        # Stop exactly the daemons that the install started.
+        if supervisord_before is None and (pid := supervisord_running()):
+            subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
+            wait_gone(pid)
+        if nginx_before is None and (pid := nginx_running()):
+            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
+            if not wait_gone(pid):
+                os.kill(pid, 9)
+        if redis == "system" and not redis_before and system_redis_running():
+            subprocess.run(["service", "redis-server", "stop"], capture_output=True)
+        for label, seconds in deployed.timings.items():
+            print(f"install.sh redis={redis} {label}: {seconds:.1f} s")
+
+
+def test_install_says_how_it_runs_services(server):
+    output = server.outputs["first run"]
+    assert "install.sh: services: " in output
+    expected = "systemd (systemctl)" if Path("/run/systemd/system").is_dir() else "no systemd"
+    assert expected in output
+    assert re.search(r"install\.sh: done in \d+ s", output)
+
+
+def test_healthz_over_https(server):
+    status, headers, body = server.get("/healthz")
+    assert status == 200, body
+    assert '"status": "ok"' in body
+
+
+def test_http_redirects_to_https_except_acme(server):
+    code, status, headers, _ = server.curl(f"http://{DOMAIN}/some/path?x=1")
+    assert code == 0
+    assert status == 301
+    assert headers["location"] == [f"https://{DOMAIN}/some/path?x=1"]
+    assert headers["server"] == ["nginx"]
+    challenge = server.app_root / "var" / "acme" / ".well-known" / "acme-challenge"
+    challenge.mkdir(parents=True, exist_ok=True)
+    (challenge / "token123").write_text("proof")
+    for path in (challenge.parent, challenge, challenge / "token123"):
+        shutil.chown(path, "root", server.slug)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    code, status, _, body = server.curl(f"http://{DOMAIN}/.well-known/acme-challenge/token123")
+    assert (code, status, body) == (0, 200, "proof")
+
+
+def test_security_headers_on_pages_and_static_files(server):
+    manifest = server.app_root / "static" / "staticfiles.json"
+    hashed = re.search(r'"admin/css/base\.css": "([^"]+)"', manifest.read_text()).group(1)
+    for path in ("/", "/healthz", f"/static/{hashed}", "/static/admin/css/base.css", "/no-such-page"):
+        _, headers, _ = server.get(path)
+        assert headers.get("strict-transport-security") == ["max-age=31536000; includeSubDomains; preload"], path
+        assert headers.get("x-content-type-options") == ["nosniff"], path
+        assert headers.get("referrer-policy") == ["same-origin"], path
+        assert headers.get("server") == ["nginx"], path  # server_tokens off: no version
+    status, headers, _ = server.get(f"/static/{hashed}")
+    assert status == 200 and "max-age=31536000" in headers["cache-control"][0]
+
+
+def test_unknown_hosts_are_dropped(server):
+    # Plain HTTP: 444 closes the connection without an answer (curl: 52).
+    code, status, _, _ = server.curl("http://unknown.test/", host="unknown.test")
+    assert code == 52 and status == 0
+    # TLS with an unknown name: the handshake is refused (curl: 35).
+    code, status, _, _ = server.curl("https://unknown.test/", "-k", host="unknown.test")
+    assert code == 35 and status == 0
+    # The right name in TLS but another Host header: no answer either.
+    code, status, _, _ = server.curl(f"https://{DOMAIN}/", "-H", "Host: unknown.test", "--http1.1")
+    assert code == 52 and status == 0
+
+
+def test_dotfiles_and_git_are_not_served(server):
+    for path in ("/.git/config", "/.env", "/static/../.git/config", "/.socketstack-app"):
+        status, _, body = server.get(path, "--path-as-is")
+        assert status == 404, (path, body[:200])
+        assert "repositoryformatversion" not in body and "SECRET_KEY" not in body
+
+
+def test_admin_login_over_https_with_secure_cookie(server):
+    server.manage(
+        "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
+    )  # fmt: skip
+    headers = server.login()
+    session_cookie = next(c for c in headers["set-cookie"] if c.startswith("sessionid="))
+    flags = [part.strip().lower() for part in session_cookie.split(";")]
+    assert "secure" in flags and "httponly" in flags, session_cookie
+    status, _, body = server.get("/admin/")
+    assert status == 200 and "Log out" in body
+
+
+def test_check_deploy_passes_as_app_user(server):
+    result = server.manage("check", "--deploy", "--fail-level", "WARNING")
+    assert "no issues" in result.stdout
+
+
+def test_env_file_and_layout_permissions(server):
+    env_file = server.app_root / ".env"
+    st = env_file.stat()
+    assert st.st_mode & 0o777 in (0o600, 0o640)
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert len(values["DJANGO_SECRET_KEY"]) >= 50
+    assert values["DJANGO_DEBUG"] == "false" and values["SITE_HTTPS"] == "true"
+    assert values["DJANGO_ALLOWED_HOSTS"] == DOMAIN
+    assert server.app_root.stat().st_mode & 0o007 == 0
+    app = pwd.getpwnam(server.slug)
+    # The app user writes its runtime directories, not its code.
+    assert (server.app_root / "run").stat().st_uid == app.pw_uid
+    for path in (
+        server.app_root / "manage.py",
+        server.app_root / server.slug / "settings.py",
+        server.app_root / ".venv" / "bin",
+    ):
+        assert path.stat().st_uid == 0 and path.stat().st_mode & 0o022 == 0, path
+    supervisor_conf = Path(f"/etc/supervisor/conf.d/{server.slug}.conf").read_text()
+    assert values["DJANGO_SECRET_KEY"] not in supervisor_conf
+    assert supervisor_conf.count(f"user={server.slug}") == (3 if server.redis == "dedicated" else 1)
+
+
+def connect_as(user, path):
+    code = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+    return subprocess.run(["runuser", "-u", user, "--", "/usr/bin/python3", "-c", code, str(path)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def test_sockets_closed_to_others(server):
+    sockets = [path for path in (server.app_root / "run").iterdir() if path.is_socket()]
+    names = {path.name for path in sockets}
+    if server.redis == "dedicated":
+        assert {"gunicorn.sock", "redis-cache.sock", "redis-sessions.sock"} <= names
+    else:
+        assert "gunicorn.sock" in names
+        sockets.append(Path("/run/redis/redis-server.sock"))
+        assert Path("/run/redis/redis-server.sock").stat().st_mode & 0o777 == 0o770
+        assert "redis" in subprocess.run(["id", "-nG", server.slug], capture_output=True, text=True).stdout.split()
+    for path in sockets:
+        assert path.stat().st_mode & 0o007 == 0, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
+    # nginx's user reaches gunicorn through the app's group; nobody else does.
+    assert connect_as("www-data", server.app_root / "run" / "gunicorn.sock").returncode == 0
+    denied = connect_as("nobody", server.app_root / "run" / "gunicorn.sock")
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr
+
+
+def sessions_redis_pid(server):
+    if server.redis == "system":
+        return Path("/run/redis/redis-server.pid").read_text().strip()
+    pattern = f"{server.app_root}/run/redis-sessions.sock"
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.strip()
+
+
+def test_second_install_keeps_sessions(server):
+    before = sessions_redis_pid(server)
+    assert before
+    server.login()
+    server.install("second run")
+    assert "exists: kept as it is" in server.outputs["second run"]
+    assert "gunicorn reloaded gracefully" in server.outputs["second run"]
+    status, _, body = server.get("/admin/")
+    assert status == 200 and "Log out" in body, "the second install logged the user out"
+    assert sessions_redis_pid(server) == before  # the sessions Redis was not restarted
+
+
+def test_uninstall_leaves_no_process_and_no_site(server):
+    uid = pwd.getpwnam(server.slug).pw_uid
+    result = server.uninstall()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project_processes(server.app_root) == []
+    owned = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _uid_of(p) == uid]
+    assert owned == []
+    assert not server.app_root.exists()
+    assert not Path(f"/etc/supervisor/conf.d/{server.slug}.conf").exists()
+    assert not Path("/var/lib/socketstack").exists()
+    enabled = list(Path("/etc/nginx/sites-enabled").iterdir())
+    assert all(server.slug not in path.name and "socketstack" not in path.name for path in enabled), enabled
+    dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True)
+    assert DOMAIN not in dump.stdout
+    # Nothing answers for the domain any more (refused, or the catch-all's 444).
+    code, status, _, _ = server.curl(f"https://{DOMAIN}/healthz", "-k", jar=False)
+    assert code != 0 and status == 0
+    with pytest.raises(KeyError):
+        pwd.getpwnam(server.slug)
+
+
+def _uid_of(proc_dir):
+    try:
+        for line in (proc_dir / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.parametrize(
+    "env, first_line",
+    [
+        ({"DOMAIN": "https://example.com"}, "install.sh: ERROR: DOMAIN='https://example.com' is not a hostname"),
+        ({"DOMAIN": "Example.COM"}, "install.sh: ERROR: DOMAIN='Example.COM' is not a hostname"),
+        ({"APP_ROOT": "webapps/x"}, "install.sh: ERROR: APP_ROOT='webapps/x' must be an absolute path"),
+        ({"APP_ROOT": "/etc"}, "install.sh: ERROR: APP_ROOT='/etc' is a system directory"),
+        ({"APP_ROOT": "/srv/" + "x" * 90}, "install.sh: ERROR: APP_ROOT='/srv/xxx"),
+    ],
+    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root"],
+)
+def test_bad_input_fails_first_with_the_fix(cookies_session, env, first_line):
+    """Bad settings stop install.sh before it changes anything, with one clear line."""
+    project = bake(cookies_session, domain_name=DOMAIN)
+    result = run([project / "deploy" / "install.sh"], project, env=env, check=False)
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).splitlines()
+    assert lines[0].startswith(first_line), lines[:3]
+    assert len(lines) == 1
+
+
+def test_unknown_argument_is_refused(cookies_session):
+    project = bake(cookies_session, domain_name=DOMAIN)
+    result = run([project / "deploy" / "install.sh", "--frobnicate"], project, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("install.sh: ERROR: unknown argument '--frobnicate'")

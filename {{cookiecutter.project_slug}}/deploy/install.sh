@@ -1,0 +1,547 @@
+#!/usr/bin/env bash
+# Install or update {{ cookiecutter.project_name }} on a Debian 12 server. Run as root from a
+# checkout of the project:  sudo deploy/install.sh
+#
+#   browser -> nginx (80 -> 443, TLS) -> APP_ROOT/run/gunicorn.sock -> gunicorn
+#   (system supervisor, as the app user) -> Django -> Redis on unix sockets
+#
+# Safe to run again (after `git pull`): it syncs the code, migrates, collects
+# static files, reloads gunicorn gracefully (HUP) and nginx, and keeps the env
+# file, so nobody is logged out. Settings (environment variables):
+#   DOMAIN=...     the site's name          (default: {{ cookiecutter.domain_name }})
+#   APP_ROOT=...   where the app lives      (default: /webapps/{{ cookiecutter.project_slug }})
+#   PYTHON=...     interpreter for the venv (default: the first of /usr/bin/python3,
+#                  python3.12, python3.13 that is new enough)
+# Without systemd (containers, CI) it starts the daemons with service(8) or directly.
+# `deploy/install.sh --render-nginx DIR` only writes the nginx files into DIR
+# (no root needed; the template's tests run `nginx -t` on them).
+set -Eeuo pipefail
+
+SLUG="{{ cookiecutter.project_slug }}"
+DEFAULT_DOMAIN="{{ cookiecutter.domain_name }}"
+REDIS_MODE="{{ cookiecutter.redis }}"
+MIN_PYTHON="{{ '3.10' if cookiecutter.django_version == '5.2' else '3.12' }}"
+{% raw %}
+DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
+APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"
+APP_USER="$SLUG"
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$APP_ROOT/.venv"
+ENV_FILE="$APP_ROOT/.env"
+MARKER="$APP_ROOT/.socketstack-app"
+NGINX_SITE="/etc/nginx/sites-available/$SLUG.conf"
+NGINX_LOCATIONS="/etc/nginx/snippets/$SLUG-locations.conf"
+NGINX_DEFAULT="/etc/nginx/sites-available/000-socketstack-default.conf"
+SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
+SELF_SIGNED_DIR="/etc/ssl/socketstack/$DOMAIN"
+LETSENCRYPT_DIR="/etc/letsencrypt/live/$DOMAIN"
+STATE_DIR="/var/lib/socketstack"
+PACKAGES=(nginx redis-server supervisor python3-venv openssl rsync curl ca-certificates)
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+umask 027
+
+STEP=""
+HINT=""
+STARTED=$SECONDS
+
+fail() {
+    # One line that names what is wrong and how to fix it, before anything else.
+    echo "install.sh: ERROR: $*" >&2
+    exit 1
+}
+
+on_error() {
+    local code=$?
+    echo >&2
+    echo "install.sh: FAILED in step \"$STEP\" (exit $code)." >&2
+    [ -z "$HINT" ] || echo "install.sh: what to do: $HINT" >&2
+    echo "install.sh: every step is safe to repeat: fix the cause, then run deploy/install.sh again." >&2
+    exit "$code"
+}
+
+step() {
+    STEP="$1"
+    HINT="$2"
+    printf '\n==> [%s s] %s\n' "$((SECONDS - STARTED))" "$STEP"
+}
+
+say() { printf '    %s\n' "$*"; }
+
+has_systemd() { [ -d /run/systemd/system ]; }
+
+# (0) Input ------------------------------------------------------------------
+
+validate_input() {
+    [[ "$DOMAIN" =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$ ]] ||
+        fail "DOMAIN='$DOMAIN' is not a hostname: give a lowercase name such as www.example.com (no scheme, no port)."
+    [[ "$APP_ROOT" =~ ^/[A-Za-z0-9._/-]+$ ]] && [[ "$APP_ROOT" != *..* ]] ||
+        fail "APP_ROOT='$APP_ROOT' must be an absolute path of letters, digits and ._-/ only, e.g. /webapps/$SLUG."
+    case "$APP_ROOT" in
+    / | /bin* | /boot* | /dev* | /etc* | /lib* | /proc* | /root | /run | /sbin* | /sys* | /usr | /usr/* | /var | /tmp)
+        fail "APP_ROOT='$APP_ROOT' is a system directory: use a directory of its own, e.g. /webapps/$SLUG." ;;
+    esac
+    local longest="$APP_ROOT/run/redis-sessions.sock"
+    [ "$(printf %s "$longest" | wc -c)" -le 107 ] ||
+        fail "APP_ROOT='$APP_ROOT' is too long: $longest exceeds the 107-byte limit of unix socket paths. Use a shorter APP_ROOT."
+    [ "$(printf %s "$APP_USER" | wc -c)" -le 32 ] ||
+        fail "the project slug '$SLUG' is longer than 32 characters, the limit for a Linux user name: bake the project with a shorter slug."
+}
+
+# (1) nginx files: also used by --render-nginx -------------------------------
+
+render_nginx() {
+    # render_nginx SITE LOCATIONS DEFAULT CERT KEY: writes each as FILE.new
+    local site="$1" locations="$2" default="$3" cert="$4" key="$5"
+    sed -e "s|@APP_ROOT@|$APP_ROOT|g" "$SRC/deploy/nginx/locations.conf" >"$locations.new"
+    sed -e "s|@APP_ROOT@|$APP_ROOT|g" -e "s|@DOMAIN@|$DOMAIN|g" -e "s|@LOCATIONS@|$locations|g" \
+        -e "s|@SSL_CERTIFICATE@|$cert|g" -e "s|@SSL_CERTIFICATE_KEY@|$key|g" \
+        "$SRC/deploy/nginx/site.conf" >"$site.new"
+    cp "$SRC/deploy/nginx/default.conf" "$default.new"
+    if [ ! -e /proc/net/if_inet6 ]; then
+        # No IPv6 on this machine: nginx could not bind [::].
+        sed -i -e '/listen \[::\]/d' "$site.new" "$default.new"
+    fi
+}
+
+if [ "${1:-}" = "--render-nginx" ]; then
+    out="${2:?usage: deploy/install.sh --render-nginx DIR}"
+    validate_input
+    mkdir -p "$out"
+    render_nginx "$out/$SLUG.conf" "$out/$SLUG-locations.conf" "$out/000-socketstack-default.conf" \
+        "${SSL_CERTIFICATE:-$out/fullchain.pem}" "${SSL_CERTIFICATE_KEY:-$out/privkey.pem}"
+    for f in "$out/$SLUG.conf" "$out/$SLUG-locations.conf" "$out/000-socketstack-default.conf"; do mv "$f.new" "$f"; done
+    echo "nginx files for $DOMAIN written to $out"
+    exit 0
+fi
+[ $# -eq 0 ] || fail "unknown argument '$1': run deploy/install.sh without arguments (settings come from DOMAIN, APP_ROOT, PYTHON)."
+
+# (2) Steps --------------------------------------------------------------------
+
+preflight() {
+    validate_input
+    [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/install.sh"
+    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
+    [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
+        fail "$SRC does not look like the project: run deploy/install.sh from a checkout of it."
+    trap on_error ERR
+    echo "install.sh: $SLUG for https://$DOMAIN/ in $APP_ROOT (from $SRC)"
+    if has_systemd; then
+        echo "install.sh: services: systemd (systemctl)"
+    else
+        echo "install.sh: services: no systemd (container or CI): service(8), or the daemons started directly"
+    fi
+}
+
+install_packages() {
+    step "Debian packages" "check the apt sources and the network (apt-get update), then run again."
+    local missing=() pkg
+    for pkg in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "all present: ${PACKAGES[*]}"
+        return
+    fi
+    say "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+create_user() {
+    step "System user and group '$APP_USER'" "see the useradd/groupadd error above."
+    if ! getent group "$APP_USER" >/dev/null; then
+        groupadd --system "$APP_USER"
+        say "group $APP_USER created"
+    fi
+    if ! id -u "$APP_USER" >/dev/null 2>&1; then
+        useradd --system --gid "$APP_USER" --home-dir "$APP_ROOT" --no-create-home \
+            --shell /usr/sbin/nologin --comment "$SLUG web application" "$APP_USER"
+        say "user $APP_USER created (no login shell, home $APP_ROOT)"
+    else
+        say "user $APP_USER exists"
+    fi
+}
+
+make_layout() {
+    step "App root $APP_ROOT" "check that $(dirname "$APP_ROOT") is a local, writable file system."
+    # dir mode owner: the app user writes only run/, var/*, static/, media/.
+    local spec
+    for spec in \
+        ".:0750:root" "logs:0750:root" "var:0750:root" "var/acme:0750:root" \
+        "run:0750:$APP_USER" "var/db:0750:$APP_USER" "var/redis-cache:0750:$APP_USER" \
+        "var/redis-sessions:0750:$APP_USER" "static:0750:$APP_USER" "media:0750:$APP_USER"; do
+        IFS=: read -r dir mode owner <<<"$spec"
+        install -d -m "$mode" -o "$owner" -g "$APP_USER" "$APP_ROOT/$dir"
+    done
+    [ -f "$MARKER" ] || printf 'socketstack app root of %s; deploy/uninstall.sh deletes this directory\n' "$SLUG" >"$MARKER"
+    say "code, .venv, logs/ and var/ owned by root; run/, var/db, var/redis-*, static/, media/ by $APP_USER"
+    say "everything group $APP_USER, nothing for others"
+}
+
+sync_code() {
+    step "Code -> $APP_ROOT" "see the rsync error above."
+    if [ "$(readlink -f "$SRC")" = "$(readlink -f "$APP_ROOT")" ]; then
+        say "running from the app root itself: nothing to copy"
+    else
+        # --delete removes files deleted upstream; excluded paths are kept.
+        rsync -a --delete --chown="root:$APP_USER" --chmod=Dg+rx,Fg+r,go-w,o-rwx \
+            --exclude=/.git/ --exclude=/.venv/ --exclude=/run/ --exclude=/var/ --exclude=/logs/ \
+            --exclude=/static/ --exclude=/media/ --exclude=/.env --exclude='/db.sqlite3*' \
+            --exclude=/.socketstack-app --exclude='*.egg-info/' --exclude=__pycache__/ \
+            --exclude=.pytest_cache/ --exclude=.ruff_cache/ \
+            "$SRC/" "$APP_ROOT/"
+        say "synced $SRC -> $APP_ROOT (without .git, .env, .venv and runtime data)"
+    fi
+    chown "root:$APP_USER" "$APP_ROOT"
+    chmod 0750 "$APP_ROOT"
+}
+
+python_ok() {
+    # Runs as the app user: an interpreter under /root (pyenv) would not do.
+    runuser -u "$APP_USER" -- "$1" -c "import sys, venv; sys.exit(sys.version_info < tuple(map(int, '$MIN_PYTHON'.split('.'))))" \
+        >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate candidates
+    if [ -n "${PYTHON:-}" ]; then
+        candidates=("$(command -v "$PYTHON" || echo "$PYTHON")")
+    else
+        candidates=(/usr/bin/python3 /usr/local/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.13 /usr/bin/python3.13)
+    fi
+    for candidate in "${candidates[@]}"; do
+        if [ -x "$candidate" ] && python_ok "$candidate"; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+}
+
+make_venv() {
+    step "Virtualenv $VENV" "see pip's error above; a broken venv is rebuilt if you delete $VENV."
+    local python stamp want
+    if [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; then
+        say "exists: $("$VENV/bin/python" --version)"
+    else
+        HINT="install Python >= $MIN_PYTHON with the venv module (apt-get install python3-venv), or set PYTHON=/path/to/python$MIN_PYTHON (readable by $APP_USER, not under /root)."
+        python="$(find_python)"
+        if [ -z "$python" ]; then
+            say "no Python >= $MIN_PYTHON that $APP_USER can run"
+            false
+        fi
+        rm -rf "$VENV"
+        say "creating it with $python ($("$python" --version))"
+        "$python" -m venv "$VENV"
+        HINT="see pip's error above; a broken venv is rebuilt if you delete $VENV."
+    fi
+    # Reinstall only when the dependencies changed: a second run stays fast.
+    want="$(sha256sum "$APP_ROOT/pyproject.toml" | cut -d' ' -f1)"
+    stamp="$VENV/.socketstack-pyproject.sha256"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        say "dependencies unchanged since the last install"
+    else
+        say "pip install -e $APP_ROOT"
+        (cd "$APP_ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .)
+        echo "$want" >"$stamp"
+    fi
+    # Bytecode for the project itself (PYTHONDONTWRITEBYTECODE may be set, and
+    # the app user cannot write __pycache__ here): workers boot fast.
+    "$VENV/bin/python" -m compileall -q "$APP_ROOT/$SLUG" "$APP_ROOT/web" "$APP_ROOT/manage.py" >/dev/null
+    code_permissions
+}
+
+code_permissions() {
+    # Code and venv: root's, readable by the app's group (umask 027 made them
+    # root:root), writable by nobody else. Runtime directories keep theirs.
+    # Symbolic links are skipped: .venv/bin/python points into /usr/bin.
+    find "$APP_ROOT" -xdev \( -path "$APP_ROOT/run" -o -path "$APP_ROOT/var" -o -path "$APP_ROOT/static" \
+        -o -path "$APP_ROOT/media" -o -path "$APP_ROOT/logs" -o -path "$ENV_FILE" \) -prune \
+        -o ! -type l -exec chown "root:$APP_USER" {} + -exec chmod g+rX,g-w,o-rwx {} +
+    say "code and .venv: root:$APP_USER, group read-only, nothing for others"
+}
+
+write_env_file() {
+    step "Env file $ENV_FILE" "check that $APP_ROOT is writable by root."
+    if [ -e "$ENV_FILE" ]; then
+        say "exists: kept as it is (the SECRET_KEY stays, so sessions stay valid)"
+    else
+        local tmp secret
+        secret="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(60))')"
+        tmp="$(mktemp "$APP_ROOT/.env.XXXXXX")"
+        cat >"$tmp" <<ENV
+# Written once by deploy/install.sh: edit it here, it is never overwritten.
+# Secrets live only in this file (mode 0640, root:$APP_USER), not in supervisor's.
+DJANGO_SECRET_KEY=$secret
+DJANGO_DEBUG=false
+SITE_HTTPS=true
+DJANGO_ALLOWED_HOSTS=$DOMAIN
+DATABASE_URL=sqlite:///$APP_ROOT/var/db/db.sqlite3
+REDIS_CACHE_URL=$(redis_url cache)
+REDIS_SESSIONS_URL=$(redis_url sessions)
+RUN_DIR=$APP_ROOT/run
+STATIC_ROOT=$APP_ROOT/static
+MEDIA_ROOT=$APP_ROOT/media
+ENV
+        chown "root:$APP_USER" "$tmp"
+        chmod 0640 "$tmp"
+        mv "$tmp" "$ENV_FILE"
+        say "written with a new SECRET_KEY, DEBUG off, ALLOWED_HOSTS=$DOMAIN (mode 0640 root:$APP_USER)"
+    fi
+    HINT="make $ENV_FILE readable by $APP_USER: chown root:$APP_USER $ENV_FILE && chmod 0640 $ENV_FILE"
+    runuser -u "$APP_USER" -- test -r "$ENV_FILE"
+    grep -q "^DJANGO_ALLOWED_HOSTS=.*$DOMAIN" "$ENV_FILE" ||
+        say "NOTE: DJANGO_ALLOWED_HOSTS in $ENV_FILE does not name $DOMAIN: edit it if the domain changed"
+}
+
+redis_url() {
+    if [ "$REDIS_MODE" = "system" ]; then
+        # One instance, two databases (see the README's Redis section).
+        [ "$1" = "cache" ] && echo "unix:///run/redis/redis-server.sock?db=0" || echo "unix:///run/redis/redis-server.sock?db=1"
+    else
+        echo "unix://$APP_ROOT/run/redis-$1.sock?db=0"
+    fi
+}
+
+manage() {
+    # As the app user, with a clean environment: only the env file counts.
+    (cd "$APP_ROOT" && runuser -u "$APP_USER" -- env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" \
+        "$VENV/bin/python" manage.py "$@")
+}
+
+system_redis() {
+    step "Debian's redis-server (redis=system)" "see /var/log/redis/redis-server.log."
+    local conf=/etc/redis/redis.conf before
+    before="$(sha256sum "$conf")"
+    sed -i -E -e 's|^#? *unixsocket .*|unixsocket /run/redis/redis-server.sock|' \
+        -e 's|^#? *unixsocketperm .*|unixsocketperm 770|' "$conf"
+    grep -q '^unixsocket /' "$conf" || echo "unixsocket /run/redis/redis-server.sock" >>"$conf"
+    grep -q '^unixsocketperm ' "$conf" || echo "unixsocketperm 770" >>"$conf"
+    usermod -a -G redis "$APP_USER"
+    say "socket /run/redis/redis-server.sock mode 770; $APP_USER in group redis"
+    if [ "$before" != "$(sha256sum "$conf")" ]; then
+        service_do redis-server restart
+    else
+        service_do redis-server start
+    fi
+    local i
+    for i in $(seq 50); do
+        [ -S /run/redis/redis-server.sock ] && break
+        sleep 0.2
+    done
+    [ -S /run/redis/redis-server.sock ] || { say "no socket /run/redis/redis-server.sock"; false; }
+}
+
+service_do() {
+    # service_do NAME start|restart|reload: systemd when it runs, else service(8).
+    local name=$1 action=$2
+    if has_systemd; then
+        systemctl enable --quiet "$name"
+        if [ "$action" = "start" ]; then systemctl start "$name"; else systemctl "$action" "$name"; fi
+    else
+        if [ "$action" = "start" ] && service "$name" status >/dev/null 2>&1; then return 0; fi
+        service "$name" "$action" >/dev/null
+    fi
+    say "$name: $action"
+}
+
+step_django() {
+    step "Django: migrate, collectstatic, check --deploy" \
+        "read Django's message above; settings come from $ENV_FILE (the check needs DEBUG off, HTTPS settings and a long SECRET_KEY)."
+    manage migrate --noinput -v 1 | sed 's/^/    /'
+    manage collectstatic --noinput -v 0
+    say "collectstatic: $APP_ROOT/static"
+    manage check --deploy --fail-level WARNING | sed 's/^/    /'
+}
+
+render_supervisor() {
+    # programs.conf with %(here)s/../.. spelled as the app root, each program
+    # as the app user, and one group to start, stop and signal them together.
+    local programs
+    programs="$(sed -n 's/^\[program:\(.*\)\]$/\1/p' "$APP_ROOT/deploy/supervisor/programs.conf" | paste -sd, -)"
+    printf '; Written by deploy/install.sh from %s/deploy/supervisor/programs.conf:\n' "$APP_ROOT"
+    printf '; edit that file and run install.sh again, not this copy.\n'
+    sed -e "s|%(here)s/\.\./\.\.|$APP_ROOT|g" -e "s|%(here)s/\.\.|$APP_ROOT/deploy|g" \
+        -e 's|^\(command=redis-server .*\)$|\1 --unixsocketperm 700|' \
+        "$APP_ROOT/deploy/supervisor/programs.conf" |
+        awk -v user="$APP_USER" -v root="$APP_ROOT" '
+            { print }
+            /^\[program:/ {
+                print "user=" user
+                # supervisor keeps its own HOME for user=; no secrets here.
+                print "environment=HOME=\"" root "\",USER=\"" user "\",LANG=\"C.UTF-8\""
+            }'
+    printf '\n[group:%s]\nprograms=%s\n' "$SLUG" "$programs"
+}
+
+ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
+
+supervisor_running() { ctl pid >/dev/null 2>&1; }
+
+start_supervisor() {
+    if has_systemd; then
+        systemctl enable --quiet supervisor
+        systemctl start supervisor
+    elif ! supervisor_running; then
+        service supervisor start >/dev/null 2>&1 || /usr/bin/supervisord -c /etc/supervisor/supervisord.conf
+    fi
+    local i
+    for i in $(seq 100); do
+        supervisor_running && return 0
+        sleep 0.1
+    done
+    say "supervisord does not answer on its socket: see /var/log/supervisor/supervisord.log"
+    return 1
+}
+
+step_supervisor() {
+    step "supervisor: $SLUG:* (Redis, gunicorn as $APP_USER)" \
+        "see $APP_ROOT/logs/*.log and /var/log/supervisor/supervisord.log; \`supervisorctl status $SLUG:*\` shows the state."
+    local new was_running=no
+    new="$(mktemp)"
+    render_supervisor >"$new"
+    start_supervisor
+    say "supervisord running (pid $(ctl pid))"
+    ctl status "$SLUG:$SLUG-gunicorn" 2>/dev/null | grep -q RUNNING && was_running=yes
+    if cmp -s "$new" "$SUPERVISOR_CONF"; then
+        rm -f "$new"
+        say "$SUPERVISOR_CONF unchanged"
+    else
+        install -m 0644 -o root -g root "$new" "$SUPERVISOR_CONF"
+        rm -f "$new"
+        say "$SUPERVISOR_CONF written"
+    fi
+    ctl reread | sed 's/^/    /'
+    # update starts new programs and restarts changed ones; the rest keep running.
+    ctl update | sed 's/^/    /'
+    if [ "$was_running" = yes ]; then
+        ctl signal HUP "$SLUG:$SLUG-gunicorn" | sed 's/^/    /'
+        say "gunicorn reloaded gracefully (HUP): new code, Redis untouched, sessions kept"
+    fi
+    ctl start "$SLUG:*" >/dev/null 2>&1 || true
+    wait_programs
+}
+
+wait_programs() {
+    local i states
+    for i in $(seq 150); do
+        states="$(ctl status "$SLUG:*" 2>/dev/null || true)"
+        if [ -n "$states" ] && ! grep -qv RUNNING <<<"$states"; then
+            sed 's/^/    /' <<<"$states"
+            return 0
+        fi
+        sleep 0.2
+    done
+    sed 's/^/    /' <<<"$states"
+    say "not every program is RUNNING after 30 s"
+    return 1
+}
+
+certificate() {
+    if [ -s "$LETSENCRYPT_DIR/fullchain.pem" ] && [ -s "$LETSENCRYPT_DIR/privkey.pem" ]; then
+        CERT="$LETSENCRYPT_DIR/fullchain.pem"
+        KEY="$LETSENCRYPT_DIR/privkey.pem"
+        say "certificate: Let's Encrypt ($LETSENCRYPT_DIR)"
+        return
+    fi
+    CERT="$SELF_SIGNED_DIR/fullchain.pem"
+    KEY="$SELF_SIGNED_DIR/privkey.pem"
+    if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null; then
+        say "certificate: self-signed ($CERT), until certbot gets a real one (see the README)"
+        return
+    fi
+    install -d -m 0755 "$SELF_SIGNED_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 90 -subj "/CN=$DOMAIN" \
+        -addext "subjectAltName=DNS:$DOMAIN" -keyout "$KEY.new" -out "$CERT.new" 2>/dev/null
+    chmod 0600 "$KEY.new"
+    mv "$KEY.new" "$KEY"
+    mv "$CERT.new" "$CERT"
+    say "certificate: new self-signed one for $DOMAIN in $SELF_SIGNED_DIR, so that nginx starts;"
+    say "get a real one with certbot (README, \"Deploying to a server\")"
+}
+
+nginx_user() { awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf; }
+
+nginx_running() { [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; }
+
+step_nginx() {
+    step "nginx: https://$DOMAIN/ (80 -> 443, TLS, catch-all 444)" \
+        "read nginx's message above. A failed \`nginx -t\` puts the previous site files back; if nginx does not start, another program may hold port 80 or 443 (\`ss -ltnp\`)."
+    local www f
+    certificate
+    www="$(nginx_user)"
+    www="${www:-www-data}"
+    # nginx's workers reach run/gunicorn.sock (0770) through the app's group.
+    usermod -a -G "$APP_USER" "$www"
+    say "$www in group $APP_USER (reaches run/gunicorn.sock, static/ and media/)"
+    install -d -m 0755 /etc/nginx/snippets "$STATE_DIR"
+    render_nginx "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT" "$CERT" "$KEY"
+    for f in "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT"; do
+        [ -e "$f" ] && cp -p "$f" "$f.bak"
+        chmod 0644 "$f.new"
+        mv "$f.new" "$f"
+    done
+    ln -sfn "$NGINX_SITE" "/etc/nginx/sites-enabled/$SLUG.conf"
+    ln -sfn "$NGINX_DEFAULT" /etc/nginx/sites-enabled/000-socketstack-default.conf
+    if [ -L /etc/nginx/sites-enabled/default ]; then
+        # Its default_server would clash with the catch-all; uninstall.sh puts it back.
+        rm /etc/nginx/sites-enabled/default
+        touch "$STATE_DIR/debian-default-site-disabled"
+        say "Debian's default site disabled (the catch-all replaces it)"
+    fi
+    if ! command nginx -t 2>"$STATE_DIR/nginx-t.log"; then
+        cat "$STATE_DIR/nginx-t.log" >&2
+        for f in "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT"; do
+            if [ -e "$f.bak" ]; then mv "$f.bak" "$f"; else rm -f "$f"; fi
+        done
+        [ -e "$NGINX_SITE" ] || rm -f "/etc/nginx/sites-enabled/$SLUG.conf"
+        false
+    fi
+    rm -f "$NGINX_SITE.bak" "$NGINX_LOCATIONS.bak" "$NGINX_DEFAULT.bak"
+    say "nginx -t: ok ($NGINX_SITE)"
+    # A reload starts new workers, which pick up the new group membership.
+    if has_systemd; then
+        systemctl enable --quiet nginx
+        if systemctl is-active --quiet nginx; then systemctl reload nginx; else systemctl start nginx; fi
+    elif nginx_running; then
+        command nginx -s reload 2>/dev/null
+    else
+        service nginx start >/dev/null 2>&1 || command nginx
+    fi
+    say "nginx $(nginx_running && echo running) (pid $(cat /run/nginx.pid 2>/dev/null))"
+}
+
+step_healthz() {
+    step "https://$DOMAIN/healthz through nginx" \
+        "see $APP_ROOT/logs/gunicorn.log and /var/log/nginx/$SLUG.error.log (502: nginx cannot reach run/gunicorn.sock)."
+    local i status=""
+    for i in $(seq 150); do
+        status="$(curl -s -o /dev/null -w '%{http_code}' -k --max-time 5 \
+            --resolve "$DOMAIN:443:127.0.0.1" "https://$DOMAIN/healthz" || true)"
+        [ "$status" = "200" ] && break
+        sleep 0.2
+    done
+    say "HTTP $status"
+    [ "$status" = "200" ]
+}
+
+main() {
+    preflight
+    install_packages
+    create_user
+    make_layout
+    sync_code
+    make_venv
+    write_env_file
+    if [ "$REDIS_MODE" = "system" ]; then system_redis; fi
+    step_django
+    step_supervisor
+    step_nginx
+    step_healthz
+    printf '\ninstall.sh: done in %s s: https://%s/ (app root %s)\n' "$((SECONDS - STARTED))" "$DOMAIN" "$APP_ROOT"
+    [ "${CERT:-}" = "$LETSENCRYPT_DIR/fullchain.pem" ] ||
+        echo "install.sh: still on a self-signed certificate: run certbot as the README says, then install.sh again."
+    echo "install.sh: logs in $APP_ROOT/logs/ and /var/log/nginx/$SLUG.*.log; state: supervisorctl status '$SLUG:*'"
+}
+
+main
+{% endraw %}

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Undo deploy/install.sh for {{ cookiecutter.project_name }}: stop and remove the supervisor
+# programs, the nginx site and the self-signed certificate, then the app root
+# (code, venv, database, Redis data, uploads, env file) and the app's user and
+# group. Debian's packages stay installed.
+#   sudo deploy/uninstall.sh              remove everything listed above
+#   sudo deploy/uninstall.sh --keep-data  keep APP_ROOT and the user (reinstall later)
+set -Eeuo pipefail
+
+SLUG="{{ cookiecutter.project_slug }}"
+DEFAULT_DOMAIN="{{ cookiecutter.domain_name }}"
+{% raw %}
+APP_USER="$SLUG"
+SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
+NGINX_SITE="/etc/nginx/sites-available/$SLUG.conf"
+NGINX_LOCATIONS="/etc/nginx/snippets/$SLUG-locations.conf"
+NGINX_DEFAULT="/etc/nginx/sites-available/000-socketstack-default.conf"
+STATE_DIR="/var/lib/socketstack"
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+fail() {
+    echo "uninstall.sh: ERROR: $*" >&2
+    exit 1
+}
+say() { printf '    %s\n' "$*"; }
+step() { printf '\n==> %s\n' "$*"; }
+
+KEEP_DATA=no
+case "${1:-}" in
+"") ;;
+--keep-data) KEEP_DATA=yes ;;
+*) fail "unknown argument '$1': use deploy/uninstall.sh [--keep-data]" ;;
+esac
+[ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/uninstall.sh"
+
+# The app root: APP_ROOT, else what install.sh wrote into supervisor's file.
+if [ -z "${APP_ROOT:-}" ] && [ -f "$SUPERVISOR_CONF" ]; then
+    APP_ROOT="$(sed -n 's/^directory=//p' "$SUPERVISOR_CONF" | head -n 1)"
+fi
+APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"
+DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
+if [ -f "$NGINX_SITE" ]; then
+    DOMAIN="$(awk '$1 == "server_name" { sub(/;$/, "", $2); print $2; exit }' "$NGINX_SITE")"
+fi
+echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA"
+
+ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
+
+step "supervisor: stop and remove $SLUG:*"
+if [ -f "$SUPERVISOR_CONF" ]; then
+    rm -f "$SUPERVISOR_CONF"
+    if ctl pid >/dev/null 2>&1; then
+        # Stop first (graceful: gunicorn finishes its requests, Redis saves),
+        # then let supervisor forget the group.
+        ctl stop "$SLUG:*" 2>&1 | sed 's/^/    /' || true
+        ctl reread 2>&1 | sed 's/^/    /' || true
+        ctl update 2>&1 | sed 's/^/    /' || true
+    else
+        say "supervisord is not running: nothing to stop"
+    fi
+    say "removed $SUPERVISOR_CONF"
+else
+    say "no $SUPERVISOR_CONF"
+fi
+# Nothing of the app may outlive it: wait for its user's processes to end.
+if id -u "$APP_USER" >/dev/null 2>&1; then
+    for _ in $(seq 100); do
+        pgrep -u "$APP_USER" >/dev/null || break
+        sleep 0.2
+    done
+    if pids="$(pgrep -u "$APP_USER")"; then
+        say "still running as $APP_USER after 20 s, killing: $(echo "$pids" | tr '\n' ' ')"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+    fi
+fi
+
+step "nginx: remove the site"
+rm -f "/etc/nginx/sites-enabled/$SLUG.conf" "$NGINX_SITE" "$NGINX_LOCATIONS"
+say "removed $NGINX_SITE and $NGINX_LOCATIONS"
+if ! grep -qls "socketstack-site" /etc/nginx/sites-enabled/* 2>/dev/null; then
+    # The last socketstack site: the catch-all goes too, Debian's default comes back.
+    rm -f /etc/nginx/sites-enabled/000-socketstack-default.conf "$NGINX_DEFAULT"
+    say "removed the catch-all (no other socketstack site left)"
+    if [ -f "$STATE_DIR/debian-default-site-disabled" ] && [ -e /etc/nginx/sites-available/default ]; then
+        ln -sfn /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default
+        rm -f "$STATE_DIR/debian-default-site-disabled"
+        say "Debian's default site enabled again"
+    fi
+    rm -f "$STATE_DIR/nginx-t.log"
+    rmdir "$STATE_DIR" 2>/dev/null || true
+fi
+if [ -n "$DOMAIN" ] && [ -d "/etc/ssl/socketstack/$DOMAIN" ]; then
+    rm -rf "/etc/ssl/socketstack/$DOMAIN"
+    rmdir /etc/ssl/socketstack 2>/dev/null || true
+    say "removed the self-signed certificate (Let's Encrypt's, if any, stay: certbot delete --cert-name $DOMAIN)"
+fi
+NGINX_USER="$(awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf 2>/dev/null || true)"
+if getent group "$APP_USER" >/dev/null && id -nG "${NGINX_USER:-www-data}" 2>/dev/null | grep -qw "$APP_USER"; then
+    gpasswd -d "${NGINX_USER:-www-data}" "$APP_USER" >/dev/null
+    say "${NGINX_USER:-www-data} left group $APP_USER"
+fi
+if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+    if nginx -t 2>/dev/null; then
+        if [ -d /run/systemd/system ]; then systemctl reload nginx; else nginx -s reload; fi
+        say "nginx reloaded"
+    else
+        say "WARNING: nginx -t fails (see \`nginx -t\`): nginx not reloaded"
+    fi
+fi
+
+step "App root and user"
+if [ "$KEEP_DATA" = yes ]; then
+    say "--keep-data: $APP_ROOT and user $APP_USER kept"
+else
+    if [ -d "$APP_ROOT" ]; then
+        # Only a directory that install.sh made: never rm -rf anything else.
+        [ -f "$APP_ROOT/.socketstack-app" ] ||
+            fail "$APP_ROOT has no .socketstack-app marker, so install.sh did not make it: remove it yourself if you mean to."
+        rm -rf "$APP_ROOT"
+        say "removed $APP_ROOT"
+    fi
+    if id -u "$APP_USER" >/dev/null 2>&1; then
+        userdel "$APP_USER"
+        say "user $APP_USER removed"
+    fi
+    if getent group "$APP_USER" >/dev/null; then
+        groupdel "$APP_USER"
+        say "group $APP_USER removed"
+    fi
+fi
+echo
+echo "uninstall.sh: done. Debian's packages (nginx, redis-server, supervisor, ...) stay installed."
+{% endraw %}
