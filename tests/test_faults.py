@@ -354,7 +354,10 @@ def test_reload_twice_under_load_drops_nothing(fs):
     assert result["requests"] > 0
     assert result["non_2xx"] == 0, output
     assert result["socket_errors"] == 0, output
-    assert statuses and set(statuses) == {"200"}
+    assert statuses and set(statuses) <= {"200", "499"}
+    # 499 is nginx's "client closed the connection": wrk drops the requests
+    # still in flight when its time is up, at most one per connection.
+    assert statuses.count("499") <= 8, statuses.count("499")
 
 
 # 5. Worker and master crashes --------------------------------------------------------
