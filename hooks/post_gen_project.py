@@ -34,8 +34,15 @@ def remove_unused_files(project_dir, context):
     if context["redis"] == "system":
         # Debian's redis-server runs the single instance; no configs of ours.
         unused.append(project_dir / "deploy" / "redis")
+    # Only the session store that SESSION_ENGINE names.
+    other_engine = {"cache": "cached_db", "cached_db": "cache"}[context["session_engine"]]
+    unused.append(project_dir / "web" / "sessions" / f"{other_engine}.py")
+    unused = [path for path in unused if path.exists()]
     for path in unused:
-        shutil.rmtree(path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return unused
 
 
@@ -239,7 +246,7 @@ def main():
     project_dir = Path.cwd()
     removed = remove_unused_files(project_dir, context)
     for path in removed:
-        say(f"Removed {path.relative_to(project_dir)} (not used with redis={context['redis']})")
+        say(f"Removed {path.relative_to(project_dir)} (not used with these options)")
     write_env_file(project_dir, context)
     say("Wrote .env (mode 0600) with a new SECRET_KEY: keep it out of version control")
 

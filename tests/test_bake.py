@@ -97,9 +97,11 @@ def test_settings_follow_the_choices(baked):
         assert settings["sessions"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=1"
 
 
-def test_pruned_files_follow_redis_choice(baked):
+def test_pruned_files_follow_the_choices(baked):
     project, combo = baked
     assert (project / "deploy" / "redis").exists() == (combo["redis"] == "dedicated")
+    stores = sorted(path.name for path in (project / "web" / "sessions").glob("*.py"))
+    assert stores == ["__init__.py", f"{combo['session_engine']}.py"]
 
 
 def test_gunicorn_check_config(baked):

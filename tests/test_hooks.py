@@ -68,7 +68,7 @@ def test_message_names_field_value_and_rule():
 
 # post_gen_project ---------------------------------------------------------------
 
-CONTEXT = {"redis": "dedicated", "domain_name": "example.com", "local_port": "8000"}
+CONTEXT = {"redis": "dedicated", "session_engine": "cache", "domain_name": "example.com", "local_port": "8000"}
 
 
 def test_env_file_is_0600_with_fresh_key_and_never_overwritten(tmp_path):
@@ -99,12 +99,17 @@ def test_venv_commands_prefer_uv_and_compile_bytecode(tmp_path):
     assert without[1][-2:] == ["-e", ".[dev]"]
 
 
-def test_remove_unused_files_only_for_system_redis(tmp_path):
+def test_remove_unused_files(tmp_path):
     (tmp_path / "deploy" / "redis").mkdir(parents=True)
-    assert post.remove_unused_files(tmp_path, CONTEXT) == []
+    (tmp_path / "web" / "sessions").mkdir(parents=True)
+    for name in ("cache.py", "cached_db.py"):
+        (tmp_path / "web" / "sessions" / name).write_text("")
+    removed = post.remove_unused_files(tmp_path, CONTEXT)
+    assert removed == [tmp_path / "web" / "sessions" / "cached_db.py"]
     assert (tmp_path / "deploy" / "redis").exists()
-    post.remove_unused_files(tmp_path, {**CONTEXT, "redis": "system"})
+    post.remove_unused_files(tmp_path, {**CONTEXT, "redis": "system", "session_engine": "cached_db"})
     assert not (tmp_path / "deploy" / "redis").exists()
+    assert not (tmp_path / "web" / "sessions" / "cache.py").exists()
 
 
 def test_next_steps_mention_make_venv_only_when_needed(tmp_path):
