@@ -27,7 +27,9 @@ control_socket = str(run_dir / "gunicorn.ctl")
 # README's performance section). One per core plus one keeps a 2-core machine
 # busy while a worker waits on Redis or the database.
 workers = int(os.environ.get("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# Only used by the gthread worker class.
+threads = int(os.environ.get("GUNICORN_THREADS", 1))
 timeout = 30
 graceful_timeout = 20
 # Recycle workers now and then so a slow leak cannot grow forever; the jitter

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
@@ -8,3 +9,13 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]
+
+# Only the throwaway settings of `make bench` (deploy/bench.py) set BENCH_VIEWS.
+if getattr(settings, "BENCH_VIEWS", False):
+    from web import bench_views
+
+    urlpatterns += [
+        path("bench/plain", bench_views.plain),
+        path("bench/session-write", bench_views.session_write),
+        path("bench/session-read", bench_views.session_read),
+    ]
