@@ -35,8 +35,14 @@ def remove_unused_files(project_dir, context):
     if context["redis"] == "system":
         # Debian's redis-server runs the single instance; no configs of ours.
         unused.append(project_dir / "deploy" / "redis")
+    if not context["nginx_page_cache"]:
+        # local.conf includes these only when the option is on.
+        unused += [project_dir / "deploy" / "nginx" / name for name in ("page-cache-zone.conf", "page-cache.conf")]
     for path in unused:
-        shutil.rmtree(path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return unused
 
 
@@ -240,7 +246,7 @@ def main():
     project_dir = Path.cwd()
     removed = remove_unused_files(project_dir, context)
     for path in removed:
-        say(f"Removed {path.relative_to(project_dir)} (not used with redis={context['redis']})")
+        say(f"Removed {path.relative_to(project_dir)} (not used with these options)")
     write_env_file(project_dir, context)
     say("Wrote .env (mode 0600) with a new SECRET_KEY: keep it out of version control")
 
