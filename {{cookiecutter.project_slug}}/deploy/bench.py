@@ -444,6 +444,23 @@ def table(name, result):
     return "\n".join(lines)
 
 
+def markdown(report):
+    """The results as Markdown tables, ready for the README's performance section."""
+    lines = [
+        f"{report['cpus']} CPUs, wrk -t{report['wrk']['threads']} -c{report['wrk']['connections']} on loopback, "
+        f"{report['seconds']} s per row, medians of {report['rounds']} rounds ({report['date']}).",
+    ]
+    for name, result in report["variants"].items():
+        lines += ["", f"**{name}**" + (f": {result['note']}" if result["note"] else ""), ""]
+        lines += ["| row | req/s | p99 ms | x static |", "| --- | ---: | ---: | ---: |"]
+        for row, data in result["rows"].items():
+            lines.append(f"| {row} | {data['rps']:.0f} | {data['p99_ms']:.1f} | {data['ratio_to_static']:.3f} |")
+    if report["summary"]:
+        lines += ["", "| ratio | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def ratio(results, a, row_a, b, row_b):
     try:
         return results[a]["rows"][row_a]["ratio_to_static"] / results[b]["rows"][row_b]["ratio_to_static"]
@@ -523,6 +540,7 @@ def main(argv=None):
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
+    args.json.with_suffix(".md").write_text(markdown(report))
     print()
     print(f"{CPUS} CPUs; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {args.seconds} s per row, median of {args.rounds}")
     for name, result in results.items():
@@ -531,7 +549,7 @@ def main(argv=None):
     print()
     for name, value in report["summary"].items():
         print(f"  {name:<40} {value:.3f}")
-    print(f"\nJSON: {args.json}")
+    print(f"\nJSON: {args.json}; Markdown tables: {args.json.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
