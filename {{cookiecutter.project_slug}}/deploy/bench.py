@@ -90,23 +90,25 @@ def comparisons(tcp_port):
     socket_url = f"unix://{REDIS_SOCKET}?db="
     tcp_url = f"redis://127.0.0.1:{tcp_port}/"
     sweep = [
-        variant(f"sync-{n}", ["plain", "home-django", "session-write"], {"GUNICORN_WORKERS": str(n)})
+        variant(f"sync-{n}", ["plain", "session-write"], {"GUNICORN_WORKERS": str(n)})
         for n in sorted({CPUS, CPUS + 1, 2 * CPUS, 2 * CPUS + 1})
     ]
     for workers, threads in ((CPUS, 4), (CPUS + 1, 2), (1, 8)):
         env = {"GUNICORN_WORKERS": str(workers), "GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": str(threads)}
-        sweep.append(variant(f"gthread-{workers}x{threads}", ["plain", "home-django", "session-write"], env))
-    sweep.append(
+        sweep.append(variant(f"gthread-{workers}x{threads}", ["plain", "session-write"], env))
+    recycling = [
         variant(
-            f"sync-{CPUS + 1}-no-recycling",
-            ["plain", "home-django", "session-write"],
-            args=["--max-requests", "0"],
-            note="max_requests off: workers are never recycled",
+            f"max-requests-{n}",
+            ["plain", "session-write"],
+            args=["--max-requests", str(n), "--max-requests-jitter", str(n // 10)],
+            note="never recycle workers" if n == 0 else f"recycle each worker after about {n} requests",
         )
-    )
+        for n in (0, 2000, 20000)
+    ]
     redis_rows = ["healthz", "home-django", "session-write", "session-read"]
     return {
         "workers": sweep,
+        "recycling": recycling,
         "sessions": [
             variant(f"sessions-{name}", ["plain", "session-write", "session-read"], settings=[engine(name)])
             for name in ("cache", "cached_db", "db")
@@ -494,7 +496,7 @@ def main(argv=None):
     parser.add_argument(
         "--compare",
         default="",
-        help="also run these groups, comma-separated: workers, sessions, redis, redis-options (or all)",
+        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
     )
     parser.add_argument("--json", type=Path, default=WORK / "latest.json", help="where to write the results")
     args = parser.parse_args(argv)
@@ -504,7 +506,7 @@ def main(argv=None):
         sys.exit("make bench: wrk is not installed. Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk.")
     groups = [name.strip() for name in args.compare.replace(" ", ",").split(",") if name.strip()]
     if groups == ["all"]:
-        groups = ["workers", "sessions", "redis", "redis-options"]
+        groups = list(comparisons(0))
     redis = None
     try:
         if local_stack.healthz_status(local_stack.local_port()) != 200:
