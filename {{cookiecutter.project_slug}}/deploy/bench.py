@@ -470,6 +470,13 @@ def ratio(results, a, row_a, b, row_b):
         return None
 
 
+def normalised(results, a, b):
+    """(session-write / plain in variant a) / (session-write / plain in variant b)."""
+    own_a = ratio(results, a, "session-write", a, "plain")
+    own_b = ratio(results, b, "session-write", b, "plain")
+    return own_a / own_b if own_a and own_b else None
+
+
 def summary(results):
     """The headline ratios, each between two rows of one run (ratios of their static-relative rates)."""
     ratios = {
@@ -482,6 +489,12 @@ def summary(results):
         ),
         "cached_db / cache sessions (write)": ratio(
             results, "sessions-cached_db", "session-write", "sessions-cache", "session-write"
+        ),
+        # Each write over the plain view of its own variant: steadier when the
+        # variants ran minutes apart on a busy machine.
+        "cache / db sessions (write / plain of each)": normalised(results, "sessions-cache", "sessions-db"),
+        "cached_db / cache sessions (write / plain of each)": normalised(
+            results, "sessions-cached_db", "sessions-cache"
         ),
         "socket / tcp (session-write)": ratio(results, "redis-socket", "session-write", "redis-tcp", "session-write"),
         "socket / tcp (home-django)": ratio(results, "redis-socket", "home-django", "redis-tcp", "home-django"),
