@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(redis-server nginx make curl python3-venv)
+PACKAGES=(redis-server nginx make curl python3-venv wrk)
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 

@@ -23,6 +23,7 @@ def test_bench_views_are_not_routed_by_the_stack(stack):
 
 
 def test_make_bench_short(stack):
+    require("wrk")
     before = set(stack.processes())
     result = stack.make("bench", "BENCH_SECONDS=1", "BENCH_ROUNDS=1", "BENCH_COMPARE=redis", timeout=300)
     report = json.loads((stack.project / "var" / "bench" / "latest.json").read_text())
