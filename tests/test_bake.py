@@ -166,3 +166,20 @@ def test_secret_not_in_replay(cookies):
     assert all(secret not in path.read_text() for path in replay_files)
     tracked = subprocess.run(["grep", "-rl", secret, str(project)], capture_output=True, text=True).stdout.split()
     assert tracked == [str(project / ".env")]
+
+
+def test_pc_option(cookies):
+    """nginx_page_cache=no bakes no page-cache files and a config without them; yes includes both."""
+    nginx = require("nginx")
+    for enabled in (True, False):
+        project = bake(cookies, project_name="pco", nginx_page_cache=enabled)
+        snippets = sorted(path.name for path in (project / "deploy" / "nginx").glob("page-cache*"))
+        assert snippets == (["page-cache-zone.conf", "page-cache.conf"] if enabled else [])
+        run([sys.executable, "deploy/local_stack.py", "render"], project)
+        conf = (project / "run" / "nginx" / "nginx.conf").read_text()
+        assert ("include page-cache-zone.conf;" in conf) == enabled
+        assert ("include page-cache.conf;" in conf) == enabled
+        result = run([nginx, "-t", "-p", project / "run" / "nginx", "-c", "nginx.conf", "-e", "stderr"], project)
+        assert "syntax is ok" in result.stderr
+        leftovers = [str(path) for path, text in text_files(project) if LEFTOVER.search(text)]
+        assert leftovers == []

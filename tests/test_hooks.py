@@ -68,7 +68,13 @@ def test_message_names_field_value_and_rule():
 
 # post_gen_project ---------------------------------------------------------------
 
-CONTEXT = {"redis": "dedicated", "session_engine": "cache", "domain_name": "example.com", "local_port": "8000"}
+CONTEXT = {
+    "redis": "dedicated",
+    "session_engine": "cache",
+    "nginx_page_cache": True,
+    "domain_name": "example.com",
+    "local_port": "8000",
+}
 
 
 def test_env_file_is_0600_with_fresh_key_and_never_overwritten(tmp_path):

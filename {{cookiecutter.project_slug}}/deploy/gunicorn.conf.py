@@ -23,17 +23,24 @@ umask = 0o007
 # does not change per program, so two apps would share one. Keep it here.
 control_socket = str(run_dir / "gunicorn.ctl")
 
-# Sync workers: measured faster than threads for this kind of app (see the
-# README's performance section). One per core plus one keeps a 2-core machine
-# busy while a worker waits on Redis or the database.
+# Chosen with `make bench BENCH_COMPARE=workers` (README, "Performance"):
+# sync workers beat gthread (2x4: 0.77x, 1x8: 0.40x of sync on a plain view);
+# from one worker per core to 2 x cores + 1 the rate stays within noise, so
+# one per core plus one (to cover a worker waiting on Redis or the database)
+# without paying ~50 MB per extra worker. Each is overridable from the env.
 workers = int(os.environ.get("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# Only used by the gthread worker class.
+threads = int(os.environ.get("GUNICORN_THREADS", 1))
 timeout = 30
 graceful_timeout = 20
 # Recycle workers now and then so a slow leak cannot grow forever; the jitter
-# keeps them from restarting all at once.
-max_requests = 2000
-max_requests_jitter = 200
+# keeps them from restarting all at once. A new worker imports Django again
+# (~0.4 s of CPU). Measured on a plain view under load, against never
+# recycling: every 2000 requests 0.83x the rate and 2.6x the p99; every
+# 20000 0.93x (one recycle per worker in that run, ~0.02 ms per request).
+max_requests = 20000
+max_requests_jitter = 2000
 
 # Behind a unix socket the peer address is empty: log the client address that
 # nginx forwards instead. Logs go to stdout/stderr, which supervisor keeps.

@@ -7,6 +7,7 @@ config, starts or updates supervisord and waits for /healthz through nginx.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,6 @@ SLUG = "{{ cookiecutter.project_slug }}"
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "run"
 SUPERVISOR_CONF = ROOT / "deploy" / "supervisor" / "local.conf"
-NGINX_TEMPLATES = ("local.conf", "locations.conf")
 DIRS = (
     "run",
     "run/nginx",
@@ -110,7 +110,7 @@ def render_nginx(root=ROOT, port=None):
     # sockets in run/; a normal user's nginx ignores `user` and stays as is.
     user_line = "user root root;" if os.geteuid() == 0 else ""
     changed = False
-    for name in NGINX_TEMPLATES:
+    for name in sorted(path.name for path in (root / "deploy" / "nginx").glob("*.conf")):
         text = fill_in((root / "deploy" / "nginx" / name).read_text(), root, port, user_line)
         target = root / "run" / "nginx" / ("nginx.conf" if name == "local.conf" else name)
         if not target.exists() or target.read_text() != text:
@@ -132,10 +132,16 @@ def supervisor_running(root=ROOT):
 
 
 def remove_stale_files(root=ROOT):
-    """After a crash, sockets and pid files stay behind and block a new start."""
+    """After a crash, sockets and pid files stay behind and block a new start.
+
+    Runs when supervisord is not running: in `make down` and before a fresh start.
+    """
     for path in list((root / "run").glob("*.sock")) + list((root / "run").glob("*.pid")):
         path.unlink(missing_ok=True)
     (root / "run" / "gunicorn.ctl").unlink(missing_ok=True)
+    # nginx's page cache (nginx_page_cache): entries live 5 s anyway, but a
+    # fresh stack starts empty, so `make down` / `make up` is a purge.
+    shutil.rmtree(root / "var" / "nginx-cache", ignore_errors=True)
 
 
 def venv_bin(name, root=ROOT):

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
@@ -12,3 +13,13 @@ urlpatterns = [
 # A Redis outage raised outside a view (a session saved by SessionMiddleware)
 # is a 503 page too; anything else is Django's plain 500.
 handler500 = "web.middleware.server_error"
+
+# Only the throwaway settings of `make bench` (deploy/bench.py) set BENCH_VIEWS.
+if getattr(settings, "BENCH_VIEWS", False):
+    from web import bench_views
+
+    urlpatterns += [
+        path("bench/plain", bench_views.plain),
+        path("bench/session-write", bench_views.session_write),
+        path("bench/session-read", bench_views.session_read),
+    ]

@@ -1,0 +1,571 @@
+"""`make bench`: measure the stack through nginx with wrk, as ratios to nginx's own rate.
+
+Absolute rates depend on the machine and on whatever else runs on it, so every
+row is also given as a ratio to the rate at which the same nginx serves a
+static file in the same round, and each figure is the median of several
+rounds. What it runs, and stops again:
+
+- the local stack (`make up`) when it is not running: its Redis instances, the
+  database, migrations and collectstatic;
+- its own gunicorn on run/bench-gunicorn.sock, with settings that add the
+  /bench/ endpoints (web/bench_views.py), restarted for each variant;
+- its own nginx on a free 127.0.0.1 port, with the project's nginx config
+  (deploy/nginx/) pointed at that gunicorn;
+- for `--compare redis`, a throwaway redis-server listening on a unix socket
+  and on 127.0.0.1 at once.
+
+Nothing is installed; without wrk it says how to get it. Results: a table on
+stdout and a JSON file (var/bench/latest.json unless --json is given).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import local_stack
+
+ROOT = local_stack.ROOT
+SLUG = local_stack.SLUG
+RUN = ROOT / "run"
+WORK = ROOT / "var" / "bench"
+LOGS = ROOT / "logs"
+GUNICORN_SOCKET = RUN / "bench-gunicorn.sock"
+REDIS_SOCKET = RUN / "bench-redis.sock"
+CPUS = os.cpu_count() or 1
+WRK_THREADS = 2
+WRK_CONNECTIONS = 16
+# nginx's page cache lets requests with an Authorization header through to
+# Django, which ignores the header: a pure cache_page hit. (A made-up session
+# cookie would also bypass nginx, but Django would then look the session up
+# and delete the cookie.)
+BYPASS_HEADER = "Authorization: Bearer bench-bypasses-the-page-cache"
+
+# name: (path, request header, what it measures). "session" stands for the
+# cookie of a session that the bench creates before measuring.
+ROWS = {
+    "static": ("STATIC", None, "a static file, about the size of the home page, from nginx (the ceiling)"),
+    "healthz": ("/healthz", None, "/healthz: one query and two Redis PINGs, never cached"),
+    "home": ("/", None, "the home page as an anonymous visitor gets it (nginx's page cache when on)"),
+    "home-django": ("/", BYPASS_HEADER, "the home page from Django's cache_page (Redis), nginx cache bypassed"),
+    "plain": ("/bench/plain", None, "an anonymous Django view, no session, no cache"),
+    "session-write": ("/bench/session-write", "session", "load, change and save a session"),
+    "session-read": ("/bench/session-read", "session", "load a session"),
+}
+DJANGO_ROWS = ["plain", "home-django", "session-write", "session-read"]
+
+
+def variant(name, rows=None, env=None, settings=(), args=(), note=""):
+    """One configuration to measure: gunicorn env and arguments, settings lines, rows."""
+    return {
+        "name": name,
+        "rows": rows or list(ROWS),
+        "env": env or {},
+        "settings": list(settings),
+        "args": list(args),
+        "note": note,
+    }
+
+
+def engine(name):
+    return f"SESSION_ENGINE = 'django.contrib.sessions.backends.{name}'"
+
+
+def redis_urls(cache, sessions):
+    return [f"CACHES['default']['LOCATION'] = '{cache}'", f"CACHES['sessions']['LOCATION'] = '{sessions}'"]
+
+
+def comparisons(tcp_port):
+    """The variants each --compare group runs."""
+    socket_url = f"unix://{REDIS_SOCKET}?db="
+    tcp_url = f"redis://127.0.0.1:{tcp_port}/"
+    sweep = [
+        variant(f"sync-{n}", ["plain", "session-write"], {"GUNICORN_WORKERS": str(n)})
+        for n in sorted({CPUS, CPUS + 1, 2 * CPUS, 2 * CPUS + 1})
+    ]
+    for workers, threads in ((CPUS, 4), (CPUS + 1, 2), (1, 8)):
+        env = {"GUNICORN_WORKERS": str(workers), "GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": str(threads)}
+        sweep.append(variant(f"gthread-{workers}x{threads}", ["plain", "session-write"], env))
+    recycling = [
+        variant(
+            f"max-requests-{n}",
+            ["plain", "session-write"],
+            args=["--max-requests", str(n), "--max-requests-jitter", str(n // 10)],
+            note="never recycle workers" if n == 0 else f"recycle each worker after about {n} requests",
+        )
+        for n in (0, 2000, 20000)
+    ]
+    redis_rows = ["healthz", "home-django", "session-write", "session-read"]
+    return {
+        "workers": sweep,
+        "recycling": recycling,
+        "sessions": [
+            variant(f"sessions-{name}", ["plain", "session-write", "session-read"], settings=[engine(name)])
+            for name in ("cache", "cached_db", "db")
+        ],
+        "redis": [
+            variant(
+                "redis-socket",
+                redis_rows,
+                settings=redis_urls(socket_url + "0", socket_url + "1"),
+                note="a throwaway redis-server, through its unix socket",
+            ),
+            variant(
+                "redis-tcp",
+                redis_rows,
+                settings=redis_urls(tcp_url + "0", tcp_url + "1"),
+                note="the same redis-server, through 127.0.0.1",
+            ),
+        ],
+        "redis-options": [
+            variant("options-default", redis_rows[1:], note="the generated settings"),
+            variant(
+                "no-hiredis",
+                redis_rows[1:],
+                settings=[
+                    "from redis._parsers import _RESP3Parser",
+                    "for alias in CACHES:",
+                    "    CACHES[alias]['OPTIONS']['CONNECTION_POOL_KWARGS'] = {'parser_class': _RESP3Parser}",
+                ],
+                note="redis-py's pure-Python parser instead of hiredis",
+            ),
+            variant(
+                "zlib",
+                redis_rows[1:],
+                settings=[
+                    "for alias in CACHES:",
+                    "    CACHES[alias]['OPTIONS']['COMPRESSOR'] = 'django_redis.compressors.zlib.ZlibCompressor'",
+                ],
+                note="django-redis's zlib compressor on both aliases",
+            ),
+            variant(
+                "no-timeouts",
+                redis_rows[1:],
+                settings=[
+                    "for alias in CACHES:",
+                    "    CACHES[alias]['OPTIONS'].pop('SOCKET_TIMEOUT')",
+                    "    CACHES[alias]['OPTIONS'].pop('SOCKET_CONNECT_TIMEOUT')",
+                ],
+                note="no SOCKET_TIMEOUT / SOCKET_CONNECT_TIMEOUT",
+            ),
+            variant(
+                "pool-4",
+                redis_rows[1:],
+                settings=[
+                    "for alias in CACHES:",
+                    "    CACHES[alias]['OPTIONS']['CONNECTION_POOL_KWARGS'] = {'max_connections': 4}",
+                ],
+                note="connection pool capped at 4 per worker",
+            ),
+        ],
+    }
+
+
+# (1) Processes the bench starts and stops ---------------------------------------
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(port, path, header=None, timeout=5.0):
+    """(status, headers, body) of a GET to 127.0.0.1:port; status None when nothing answers."""
+    name, _, value = (header or "").partition(":")
+    headers = {name: value.strip()} if header else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers), timeout=timeout
+        ) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, b""
+    except OSError:
+        return None, {}, b""
+
+
+def start(command, log_name, env=None):
+    """Start a process in its own process group, its output in logs/<log_name>."""
+    with open(LOGS / log_name, "ab") as log:
+        env = {**os.environ, **(env or {})}
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process, sig=signal.SIGTERM, timeout=30):
+    """Stop a process the bench started, and everything in its process group."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def wait_until(check, process, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see its log in logs/")
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready within {timeout} s; see its log in logs/")
+
+
+def nginx_config(port):
+    """The project's nginx config, pointed at the bench's gunicorn, pid file and cache."""
+    user_line = "user root root;" if os.geteuid() == 0 else ""
+    moves = {
+        "@APP_ROOT@/run/gunicorn.sock": f"{GUNICORN_SOCKET}",
+        "@APP_ROOT@/run/nginx.pid": f"{WORK}/nginx.pid",
+        "@APP_ROOT@/logs/nginx-access.log": f"{LOGS}/bench-nginx-access.log",
+        "@APP_ROOT@/var/nginx-cache": f"{WORK}/nginx-cache",
+    }
+    files = {}
+    for path in sorted((ROOT / "deploy" / "nginx").glob("*.conf")):
+        text = path.read_text()
+        for old, new in moves.items():
+            text = text.replace(old, new)
+        files[path.name] = local_stack.fill_in(text, ROOT, port, user_line)
+    if f"unix:{GUNICORN_SOCKET}" not in files["local.conf"] or f"{WORK}/nginx.pid" not in files["local.conf"]:
+        raise RuntimeError("deploy/nginx/local.conf changed: update the paths in deploy/bench.py's nginx_config()")
+    files["nginx.conf"] = files.pop("local.conf")
+    return files
+
+
+def start_nginx(port):
+    nginx = shutil.which("nginx", path=local_stack.SYSTEM_PATH)
+    prefix = WORK / "nginx"
+    shutil.rmtree(prefix, ignore_errors=True)
+    shutil.rmtree(WORK / "nginx-cache", ignore_errors=True)
+    prefix.mkdir(parents=True)
+    for name, text in nginx_config(port).items():
+        (prefix / name).write_text(text)
+    process = start([nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"], "bench-nginx.log")
+    wait_until(lambda: port_open(port), process, "bench nginx")
+    return process
+
+
+def port_open(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_settings(lines):
+    """A settings module for the bench's gunicorn: the project's, plus the /bench/ views and a variant's changes."""
+    text = "\n".join([f"from {SLUG}.settings import *  # noqa: F403", "", "BENCH_VIEWS = True", *lines, ""])
+    (WORK / "bench_settings.py").write_text(text)
+
+
+def start_gunicorn(entry, port):
+    write_settings(entry["settings"])
+    GUNICORN_SOCKET.unlink(missing_ok=True)
+    env = {
+        "DJANGO_SETTINGS_MODULE": "bench_settings",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(WORK), os.environ.get("PYTHONPATH")])),
+        **entry["env"],
+    }
+    command = [
+        local_stack.venv_bin("gunicorn"),
+        "--config",
+        str(ROOT / "deploy" / "gunicorn.conf.py"),
+        "--bind",
+        f"unix:{GUNICORN_SOCKET}",
+        "--control-socket",
+        str(RUN / "bench-gunicorn.ctl"),
+        *entry["args"],
+    ]
+    process = start(command, "bench-gunicorn.log", env)
+    wait_until(lambda: http_get(port, "/bench/plain")[0] == 200, process, "bench gunicorn", 60)
+    return process
+
+
+def start_redis():
+    """A throwaway redis-server on a unix socket and on 127.0.0.1: (process, tcp port)."""
+    redis_server = shutil.which("redis-server", path=local_stack.SYSTEM_PATH)
+    if not redis_server:
+        raise RuntimeError("redis-server is not installed (sudo apt-get install redis-server)")
+    port = free_port()
+    REDIS_SOCKET.unlink(missing_ok=True)
+    directory = WORK / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    command = [
+        redis_server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--unixsocket",
+        str(REDIS_SOCKET),
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+    ]
+    process = start(command, "bench-redis.log")
+    wait_until(bench_redis_ping, process, "bench redis-server")
+    return process, port
+
+
+def bench_redis_ping():
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(str(REDIS_SOCKET))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# (2) Measuring ---------------------------------------------------------------------
+
+
+def static_file(home_size):
+    """The hashed static file whose size is closest to the home page's."""
+    manifest = json.loads((ROOT / "static" / "staticfiles.json").read_text())
+    sizes = {name: (ROOT / "static" / name).stat().st_size for name in manifest["paths"].values()}
+    return "/static/" + min(sizes, key=lambda name: (abs(sizes[name] - home_size), name))
+
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(output):
+    """req/s, p99 in ms and failed requests from wrk's --latency output."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if not rate or not p99:
+        raise RuntimeError(f"could not read wrk's output:\n{output}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return {"rps": float(rate.group(1)), "p99_ms": float(p99.group(1)) * UNITS[p99.group(2)], "errors": errors}
+
+
+def run_wrk(wrk, url, seconds, header=None):
+    command = [wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
+    if header:
+        command += ["-H", header]
+    result = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 30)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed: {result.stderr.strip()}")
+    return parse_wrk(result.stdout)
+
+
+def session_cookie(port):
+    """Create one session through the bench's view; its Cookie header for the session rows."""
+    status, headers, _ = http_get(port, "/bench/session-write")
+    for header in headers.get_all("Set-Cookie") or []:
+        if header.startswith("sessionid="):
+            return "Cookie: " + header.split(";", 1)[0]
+    raise RuntimeError(f"/bench/session-write set no session cookie (status {status})")
+
+
+def measure_variant(wrk, entry, port, seconds, rounds):
+    """Rounds of every row of a variant, each paired with a static-file run; medians."""
+    base_url = f"http://127.0.0.1:{port}"
+    cookie = session_cookie(port) if any(row.startswith("session") for row in entry["rows"]) else None
+    home_size = len(http_get(port, "/")[2]) or 1000
+    paths = {name: (static_file(home_size) if path == "STATIC" else path) for name, (path, _, _) in ROWS.items()}
+    headers = {name: (cookie if header == "session" else header) for name, (_, header, _) in ROWS.items()}
+    rows = ["static", *[row for row in entry["rows"] if row != "static"]]
+    for row in rows:  # warm the caches; every row must answer 200 before it is measured
+        status = http_get(port, paths[row], headers[row])[0]
+        if status != 200:
+            raise RuntimeError(f"{paths[row]} answered {status}, not 200; see logs/bench-gunicorn.log")
+    samples = {row: [] for row in rows}
+    for _ in range(rounds):
+        for row in rows:
+            samples[row].append(run_wrk(wrk, base_url + paths[row], seconds, headers[row]))
+    results = {}
+    for row in rows:
+        ratios = [s["rps"] / ref["rps"] for s, ref in zip(samples[row], samples["static"], strict=True)]
+        results[row] = {
+            "path": paths[row],
+            "rps": statistics.median(s["rps"] for s in samples[row]),
+            "p99_ms": statistics.median(s["p99_ms"] for s in samples[row]),
+            "ratio_to_static": statistics.median(ratios),
+            "errors": sum(s["errors"] for s in samples[row]),
+            "rounds": samples[row],
+        }
+    return results
+
+
+def run_variants(wrk, entries, seconds, rounds, log=print):
+    results = {}
+    port = free_port()
+    nginx = gunicorn = None
+    try:
+        nginx = start_nginx(port)
+        for entry in entries:
+            log(f"bench: {entry['name']} ({seconds} s x {len(entry['rows']) + 1} rows x {rounds} rounds)")
+            gunicorn = start_gunicorn(entry, port)
+            try:
+                rows = measure_variant(wrk, entry, port, seconds, rounds)
+            finally:
+                stop(gunicorn)
+            results[entry["name"]] = {**{key: entry[key] for key in ("env", "args", "settings", "note")}, "rows": rows}
+    finally:
+        stop(gunicorn)
+        stop(nginx, signal.SIGQUIT)
+        GUNICORN_SOCKET.unlink(missing_ok=True)
+    return results
+
+
+# (3) Report -------------------------------------------------------------------------
+
+
+def table(name, result):
+    lines = [f"{name}" + (f": {result['note']}" if result["note"] else "")]
+    lines.append(f"  {'row':<15} {'req/s':>9} {'p99 ms':>8} {'x static':>9} {'errors':>7}  path")
+    for row, data in result["rows"].items():
+        lines.append(
+            f"  {row:<15} {data['rps']:>9.0f} {data['p99_ms']:>8.2f} {data['ratio_to_static']:>9.3f} "
+            f"{data['errors']:>7}  {data['path']}"
+        )
+    return "\n".join(lines)
+
+
+def markdown(report):
+    """The results as Markdown tables, ready for the README's performance section."""
+    lines = [
+        f"{report['cpus']} CPUs, wrk -t{report['wrk']['threads']} -c{report['wrk']['connections']} on loopback, "
+        f"{report['seconds']} s per row, medians of {report['rounds']} rounds ({report['date']}).",
+    ]
+    for name, result in report["variants"].items():
+        lines += ["", f"**{name}**" + (f": {result['note']}" if result["note"] else ""), ""]
+        lines += ["| row | req/s | p99 ms | x static |", "| --- | ---: | ---: | ---: |"]
+        for row, data in result["rows"].items():
+            lines.append(f"| {row} | {data['rps']:.0f} | {data['p99_ms']:.1f} | {data['ratio_to_static']:.3f} |")
+    if report["summary"]:
+        lines += ["", "| ratio | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def ratio(results, a, row_a, b, row_b):
+    try:
+        return results[a]["rows"][row_a]["ratio_to_static"] / results[b]["rows"][row_b]["ratio_to_static"]
+    except (KeyError, ZeroDivisionError):
+        return None
+
+
+def normalised(results, a, b):
+    """(session-write / plain in variant a) / (session-write / plain in variant b)."""
+    own_a = ratio(results, a, "session-write", a, "plain")
+    own_b = ratio(results, b, "session-write", b, "plain")
+    return own_a / own_b if own_a and own_b else None
+
+
+def summary(results):
+    """The headline ratios, each between two rows of one run (ratios of their static-relative rates)."""
+    ratios = {
+        "home / static": ratio(results, "default", "home", "default", "static"),
+        "home-django / static": ratio(results, "default", "home-django", "default", "static"),
+        "session-write / plain": ratio(results, "default", "session-write", "default", "plain"),
+        "session-read / plain": ratio(results, "default", "session-read", "default", "plain"),
+        "cache sessions / db sessions (write)": ratio(
+            results, "sessions-cache", "session-write", "sessions-db", "session-write"
+        ),
+        "cached_db / cache sessions (write)": ratio(
+            results, "sessions-cached_db", "session-write", "sessions-cache", "session-write"
+        ),
+        # Each write over the plain view of its own variant: steadier when the
+        # variants ran minutes apart on a busy machine.
+        "cache / db sessions (write / plain of each)": normalised(results, "sessions-cache", "sessions-db"),
+        "cached_db / cache sessions (write / plain of each)": normalised(
+            results, "sessions-cached_db", "sessions-cache"
+        ),
+        "socket / tcp (session-write)": ratio(results, "redis-socket", "session-write", "redis-tcp", "session-write"),
+        "socket / tcp (home-django)": ratio(results, "redis-socket", "home-django", "redis-tcp", "home-django"),
+    }
+    return {name: round(value, 3) for name, value in ratios.items() if value is not None}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=3, help="length of each measurement (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default 3)")
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
+    )
+    parser.add_argument("--json", type=Path, default=WORK / "latest.json", help="where to write the results")
+    args = parser.parse_args(argv)
+
+    wrk = shutil.which("wrk")
+    if not wrk:
+        sys.exit("make bench: wrk is not installed. Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk.")
+    groups = [name.strip() for name in args.compare.replace(" ", ",").split(",") if name.strip()]
+    if groups == ["all"]:
+        groups = list(comparisons(0))
+    redis = None
+    try:
+        if local_stack.healthz_status(local_stack.local_port()) != 200:
+            local_stack.up()
+        WORK.mkdir(parents=True, exist_ok=True)
+        entries = [variant("default", note="the generated settings, as `make up` runs them")]
+        if "redis" in groups:
+            redis, tcp_port = start_redis()
+        else:
+            tcp_port = 0
+        available = comparisons(tcp_port)
+        unknown = sorted(set(groups) - set(available))
+        if unknown:
+            sys.exit(f"make bench: unknown comparison {', '.join(unknown)}; choose from {', '.join(available)}")
+        for group in groups:
+            entries += available[group]
+        results = run_variants(wrk, entries, args.seconds, args.rounds)
+    except (RuntimeError, local_stack.StackError) as exc:
+        sys.exit(f"make bench: {exc}")
+    finally:
+        stop(redis)
+        REDIS_SOCKET.unlink(missing_ok=True)
+
+    report = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": CPUS,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
+        "rows": {name: description for name, (_, _, description) in ROWS.items()},
+        "variants": results,
+        "summary": summary(results),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    args.json.with_suffix(".md").write_text(markdown(report))
+    print()
+    print(f"{CPUS} CPUs; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {args.seconds} s per row, median of {args.rounds}")
+    for name, result in results.items():
+        print()
+        print(table(name, result))
+    print()
+    for name, value in report["summary"].items():
+        print(f"  {name:<40} {value:.3f}")
+    print(f"\nJSON: {args.json}; Markdown tables: {args.json.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
