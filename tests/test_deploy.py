@@ -45,19 +45,24 @@ def test_nginx_accepts_server_site(cookies_session, tmp_path, combo):
     openssl = require("openssl")
     project = bake(cookies_session, domain_name=DOMAIN, **combo)
     out = tmp_path / "conf"
-    run([project / "deploy" / "install.sh", "--render-nginx", out], project, env={"APP_ROOT": "/webapps/x"})
+    app_root = tmp_path / "app"
+    (app_root / "var").mkdir(parents=True)  # nginx -t creates the page cache directory there
+    run([project / "deploy" / "install.sh", "--render-nginx", out], project, env={"APP_ROOT": str(app_root)})
     slug = project.name
     site, locations, catch_all = (
         out / f"{slug}.conf",
         out / f"{slug}-locations.conf",
         out / "000-socketstack-default.conf",
     )
-    for path in (site, locations, catch_all):
+    page_cache = [out / f"{slug}-page-cache-zone.conf", out / f"{slug}-page-cache.conf"]
+    for path in (site, locations, catch_all, *page_cache):
         assert not re.search(r"@[A-Z_]+@", path.read_text()), path
     text = site.read_text()
+    # nginx_page_cache is on by default: the site includes both snippets.
+    assert all(f"include {path};" in text for path in page_cache)
     assert "listen 443 ssl http2;" in text and f"server_name {DOMAIN};" in text
     assert f"include {locations};" in text
-    assert "server unix:/webapps/x/run/gunicorn.sock" in text
+    assert f"server unix:{app_root}/run/gunicorn.sock" in text
     assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains; preload" always' in text
     # The locations must not add headers: that would drop HSTS there.
     directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]
@@ -311,6 +316,14 @@ def test_security_headers_on_pages_and_static_files(server):
         assert headers.get("server") == ["nginx"], path  # server_tokens off: no version
     status, headers, _ = server.get(f"/static/{hashed}")
     assert status == 200 and "max-age=31536000" in headers["cache-control"][0]
+
+
+def test_anonymous_pages_come_from_nginx_cache(server):
+    """The microcache works on the server too; a session cookie always reaches Django."""
+    statuses = [server.get("/", jar=False)[1].get("x-cache-status") for _ in range(3)]
+    assert statuses[-1] == ["HIT"], statuses
+    _, headers, _ = server.get("/", "-H", "Cookie: sessionid=abc", jar=False)
+    assert headers.get("x-cache-status") == ["BYPASS"]
 
 
 def test_unknown_hosts_are_dropped(server):

@@ -36,6 +36,7 @@ SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
 SELF_SIGNED_DIR="/etc/ssl/socketstack/$DOMAIN"
 LETSENCRYPT_DIR="/etc/letsencrypt/live/$DOMAIN"
 STATE_DIR="/var/lib/socketstack"
+PAGE_CACHE_SNIPPETS=(page-cache-zone page-cache)
 PACKAGES=(nginx redis-server supervisor python3-venv openssl rsync curl ca-certificates)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 umask 027
@@ -92,8 +93,17 @@ validate_input() {
 render_nginx() {
     # render_nginx SITE LOCATIONS DEFAULT CERT KEY: writes each as FILE.new
     local site="$1" locations="$2" default="$3" cert="$4" key="$5"
+    local snippets name
+    snippets="$(dirname "$locations")"
     sed -e "s|@APP_ROOT@|$APP_ROOT|g" "$SRC/deploy/nginx/locations.conf" >"$locations.new"
+    # The page cache snippets exist only with nginx_page_cache: site.conf
+    # includes them from the same snippets directory as the locations.
+    for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
+        [ ! -f "$SRC/deploy/nginx/$name.conf" ] ||
+            sed -e "s|@APP_ROOT@|$APP_ROOT|g" "$SRC/deploy/nginx/$name.conf" >"$snippets/$SLUG-$name.conf.new"
+    done
     sed -e "s|@APP_ROOT@|$APP_ROOT|g" -e "s|@DOMAIN@|$DOMAIN|g" -e "s|@LOCATIONS@|$locations|g" \
+        -e "s|@SNIPPETS@|$snippets|g" \
         -e "s|@SSL_CERTIFICATE@|$cert|g" -e "s|@SSL_CERTIFICATE_KEY@|$key|g" \
         "$SRC/deploy/nginx/site.conf" >"$site.new"
     cp "$SRC/deploy/nginx/default.conf" "$default.new"
@@ -109,7 +119,7 @@ if [ "${1:-}" = "--render-nginx" ]; then
     mkdir -p "$out"
     render_nginx "$out/$SLUG.conf" "$out/$SLUG-locations.conf" "$out/000-socketstack-default.conf" \
         "${SSL_CERTIFICATE:-$out/fullchain.pem}" "${SSL_CERTIFICATE_KEY:-$out/privkey.pem}"
-    for f in "$out/$SLUG.conf" "$out/$SLUG-locations.conf" "$out/000-socketstack-default.conf"; do mv "$f.new" "$f"; done
+    for f in "$out"/*.new; do mv "$f" "${f%.new}"; done
     echo "nginx files for $DOMAIN written to $out"
     exit 0
 fi
@@ -475,7 +485,11 @@ step_nginx() {
     say "$www in group $APP_USER (reaches run/gunicorn.sock, static/ and media/)"
     install -d -m 0755 /etc/nginx/snippets "$STATE_DIR"
     render_nginx "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT" "$CERT" "$KEY"
-    for f in "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT"; do
+    nginx_files=("$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT")
+    for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
+        [ ! -e "/etc/nginx/snippets/$SLUG-$name.conf.new" ] || nginx_files+=("/etc/nginx/snippets/$SLUG-$name.conf")
+    done
+    for f in "${nginx_files[@]}"; do
         [ -e "$f" ] && cp -p "$f" "$f.bak"
         chmod 0644 "$f.new"
         mv "$f.new" "$f"
