@@ -11,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from pytest_cookies.plugin import Cookies
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent
@@ -76,11 +78,32 @@ def load_hook(name):
     return module
 
 
+# Projects baked with a real .venv usually run a stack, and unix socket paths
+# are limited to 107 bytes: those are baked into short directories in /tmp
+# (removed at the end of the session) instead of pytest's deep tmp paths.
+SHORT_DIRS = []
+
+
+def short_output_dir(name):
+    path = Path(tempfile.mkdtemp(prefix="sst-", dir="/tmp"))
+    SHORT_DIRS.append(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_short_dirs():
+    yield
+    for path in SHORT_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def bake(cookies, venv=False, **choices):
     """Bake with pytest-cookies; return the project path (asserting success)."""
     env = {"SOCKETSTACK_SKIP_VENV": "0" if venv else "1"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    if venv:
+        cookies = Cookies(cookies._default_template, short_output_dir, cookies._config_file)
     try:
         result = cookies.bake(extra_context=context_for(**choices))
     finally:

@@ -3,11 +3,12 @@ and nginx from a baked project's `make up`, reached through nginx only."""
 
 import json
 import re
+import socket
 import stat
 
 import pytest
 import requests
-from conftest import start_stack, stop_stack
+from conftest import bake, project_processes, run, start_stack, stop_stack
 
 pytestmark = pytest.mark.stack
 
@@ -160,9 +161,9 @@ def test_side_by_side(cookies, stack):
     assert requests.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200
 
 
-def test_up_reports_failure(cookies):
+def test_up_fails(cookies):
     """A project that cannot start makes `make up` fail and show the log tail."""
-    broken = start_stack(cookies, project_name="Broken")
+    broken = start_stack(cookies, project_name="Bad")
     try:
         broken.make("down")
         # Only gunicorn imports wsgi.py: migrate and collectstatic still pass.
@@ -175,3 +176,19 @@ def test_up_reports_failure(cookies):
         assert "boom from wsgi" in output  # the tail of gunicorn's log
     finally:
         stop_stack(broken)
+
+
+def test_up_refuses_a_taken_port(cookies):
+    """Something else on LOCAL_PORT must not pass for the stack's /healthz."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    port = squatter.getsockname()[1]
+    try:
+        project = bake(cookies, venv=True, project_name="Taken", local_port=str(port))
+        result = run(["make", "up"], project, check=False, timeout=180)
+        assert result.returncode != 0
+        assert f"127.0.0.1:{port} is already taken" in result.stderr
+        assert project_processes(project) == []
+    finally:
+        squatter.close()

@@ -8,6 +8,7 @@ config, starts or updates supervisord and waits for /healthz through nginx.
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -171,6 +172,12 @@ def start_or_update(root=ROOT, nginx_changed=False):
     return "started"
 
 
+def port_in_use(port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def healthz_status(port, timeout=2.0):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
@@ -217,6 +224,12 @@ def up(root=ROOT):
     started = time.monotonic()
     port = local_port(root)
     prepare_dirs(root)
+    if not supervisor_running(root) and port_in_use(port):
+        # Otherwise whatever answers there would pass for this stack.
+        raise StackError(
+            f"127.0.0.1:{port} is already taken by another program. "
+            "Stop it, or set LOCAL_PORT in .env to a free port, then run `make up` again."
+        )
     nginx_changed = render_nginx(root, port)
     manage("migrate", "--noinput", "-v", "0", root=root)
     manage("collectstatic", "--noinput", "-v", "0", root=root)
