@@ -168,6 +168,19 @@ class Stack:
     def manage(self, *args, env=None):
         return run([self.project / ".venv" / "bin" / "python", "manage.py", *args], self.project, env=env)
 
+    def create_admin(self, password, username="admin"):
+        """A superuser made the documented way: createsuperuser --noinput."""
+        self.manage(
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            username,
+            "--email",
+            f"{username}@example.com",
+            env={"DJANGO_SUPERUSER_PASSWORD": password},
+        )
+        return username, password
+
     def redis(self, name):
         import redis
 

@@ -149,15 +149,7 @@ def fs(request, cookies_session):
     stack = start_stack(cookies_session, project_name="F" + engine.replace("_", ""), session_engine=engine)
     stack.engine = engine
     request.addfinalizer(lambda: stop_stack(stack))
-    stack.manage(
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        "admin",
-        "--email",
-        "admin@example.com",
-        env={"DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-    )
+    stack.create_admin(PASSWORD)
     return stack
 
 

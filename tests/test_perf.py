@@ -106,15 +106,7 @@ def pc(cookies_session):
     try:
         running.make("up")
         for user in ("alice", "bob"):
-            running.manage(
-                "createsuperuser",
-                "--noinput",
-                "--username",
-                user,
-                "--email",
-                f"{user}@example.com",
-                env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
-            )
+            running.create_admin(ADMIN_PASSWORD, username=user)
         yield running
     finally:
         stop_stack(running)

@@ -17,16 +17,7 @@ ADMIN_PASSWORD = "stack-test-" + "pw-9f3k" * 3
 
 @pytest.fixture(scope="module")
 def admin(stack):
-    stack.manage(
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        "admin",
-        "--email",
-        "admin@example.com",
-        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
-    )
-    return "admin", ADMIN_PASSWORD
+    return stack.create_admin(ADMIN_PASSWORD)
 
 
 def login(stack, username, password):
