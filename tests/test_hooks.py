@@ -223,3 +223,15 @@ def test_no_template_file_is_ignored_by_git():
         text=True,
     ).stdout.split()
     assert [path for path in ignored if "__pycache__" not in path and ".egg-info" not in path] == []
+
+
+def test_venv_without_uv_uses_venv_and_pip(cookies, monkeypatch):
+    """The fallback path for machines without uv: python -m venv, then pip."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("uv") is None
+    project = bake(cookies, venv=True, project_name="Nouv")
+    python = project / ".venv" / "bin" / "python"
+    check = "import django, django_redis, gunicorn, hiredis, supervisor, nouv.settings; print(django.__version__)"
+    result = subprocess.run([python, "-c", check], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("5.2")
