@@ -230,6 +230,7 @@ find_python() {
 make_venv() {
     step "Virtualenv $VENV" "see pip's error above; a broken venv is rebuilt if you delete $VENV."
     local python stamp want
+    DEPS_CHANGED=no
     if [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; then
         say "exists: $("$VENV/bin/python" --version)"
     else
@@ -252,6 +253,7 @@ make_venv() {
     else
         say "pip install -e $APP_ROOT"
         (cd "$APP_ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .)
+        DEPS_CHANGED=yes
         echo "$want" >"$stamp"
     fi
     # Bytecode for the project itself (PYTHONDONTWRITEBYTECODE may be set, and
@@ -423,7 +425,12 @@ step_supervisor() {
     ctl reread | sed 's/^/    /'
     # update starts new programs and restarts changed ones; the rest keep running.
     ctl update | sed 's/^/    /'
-    if [ "$was_running" = yes ]; then
+    if [ "$was_running" = yes ] && [ "$DEPS_CHANGED" = yes ]; then
+        # gunicorn's master imports Django & co. once (deploy/gunicorn.conf.py):
+        # a HUP would give the new workers the old versions; a restart does not.
+        ctl restart "$SLUG:$SLUG-gunicorn" | sed 's/^/    /'
+        say "gunicorn restarted: the dependencies changed, a HUP would keep the old ones"
+    elif [ "$was_running" = yes ]; then
         ctl signal HUP "$SLUG:$SLUG-gunicorn" | sed 's/^/    /'
         say "gunicorn reloaded gracefully (HUP): new code, Redis untouched, sessions kept"
     fi
