@@ -229,7 +229,6 @@ def wait_until(check, process, what, timeout=30):
 
 def nginx_config(port):
     """The project's nginx config, pointed at the bench's gunicorn, pid file and cache."""
-    user_line = "user root root;" if os.geteuid() == 0 else ""
     moves = {
         "@APP_ROOT@/run/gunicorn.sock": f"{GUNICORN_SOCKET}",
         "@APP_ROOT@/run/nginx.pid": f"{WORK}/nginx.pid",
@@ -237,11 +236,11 @@ def nginx_config(port):
         "@APP_ROOT@/var/nginx-cache": f"{WORK}/nginx-cache",
     }
     files = {}
-    for path in sorted((ROOT / "deploy" / "nginx").glob("*.conf")):
+    for path in local_stack.local_nginx_templates():
         text = path.read_text()
         for old, new in moves.items():
             text = text.replace(old, new)
-        files[path.name] = local_stack.fill_in(text, ROOT, port, user_line)
+        files[path.name] = local_stack.fill_in(text, ROOT, port, local_stack.nginx_user_line())
     if f"unix:{GUNICORN_SOCKET}" not in files["local.conf"] or f"{WORK}/nginx.pid" not in files["local.conf"]:
         raise RuntimeError("deploy/nginx/local.conf changed: update the paths in deploy/bench.py's nginx_config()")
     files["nginx.conf"] = files.pop("local.conf")
@@ -257,13 +256,8 @@ def start_nginx(port):
     for name, text in nginx_config(port).items():
         (prefix / name).write_text(text)
     process = start([nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr"], "bench-nginx.log")
-    wait_until(lambda: port_open(port), process, "bench nginx")
+    wait_until(lambda: local_stack.port_in_use(port), process, "bench nginx")
     return process
-
-
-def port_open(port):
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def write_settings(lines):

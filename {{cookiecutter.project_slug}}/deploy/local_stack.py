@@ -104,16 +104,26 @@ def render(root=ROOT):
     print(f"nginx config written to {root / 'run' / 'nginx' / 'nginx.conf'}")
 
 
-def render_nginx(root=ROOT, port=None):
-    """Write run/nginx/{nginx,locations}.conf; return True when anything changed."""
-    port = port or local_port(root)
+def local_nginx_templates(root=ROOT):
+    """The files of deploy/nginx/ that the local stack uses (site.conf and default.conf are the server's)."""
+    # The page cache snippets exist only with the nginx_page_cache option.
+    names = ("local.conf", "locations.conf", "page-cache-zone.conf", "page-cache.conf")
+    return [root / "deploy" / "nginx" / name for name in names if (root / "deploy" / "nginx" / name).exists()]
+
+
+def nginx_user_line():
     # As root, nginx would drop its workers to `nobody`, who cannot reach the
     # sockets in run/; a normal user's nginx ignores `user` and stays as is.
-    user_line = "user root root;" if os.geteuid() == 0 else ""
+    return "user root root;" if os.geteuid() == 0 else ""
+
+
+def render_nginx(root=ROOT, port=None):
+    """Write run/nginx/ (local.conf as nginx.conf); return True when anything changed."""
+    port = port or local_port(root)
     changed = False
-    for name in sorted(path.name for path in (root / "deploy" / "nginx").glob("*.conf")):
-        text = fill_in((root / "deploy" / "nginx" / name).read_text(), root, port, user_line)
-        target = root / "run" / "nginx" / ("nginx.conf" if name == "local.conf" else name)
+    for template in local_nginx_templates(root):
+        text = fill_in(template.read_text(), root, port, nginx_user_line())
+        target = root / "run" / "nginx" / ("nginx.conf" if template.name == "local.conf" else template.name)
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
             changed = True
