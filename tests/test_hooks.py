@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -126,8 +127,8 @@ def test_next_steps_mention_make_venv_only_when_needed(tmp_path):
 @pytest.fixture
 def short_tmp():
     """A short directory for sockets (107-byte path limit)."""
-    path = subprocess.run(["mktemp", "-d", "/tmp/hk-XXXX"], capture_output=True, text=True).stdout.strip()
-    yield Path(path)
+    path = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
