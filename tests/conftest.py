@@ -8,6 +8,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,26 @@ class Stack:
             env={"DJANGO_SUPERUSER_PASSWORD": password},
         )
         return username, password
+
+    def login_form(self):
+        """GET the admin login form the way a browser does: (requests session, CSRF token)."""
+        import requests
+
+        session = requests.Session()
+        form = session.get(f"{self.base_url}/admin/login/?next=/admin/", allow_redirects=False, timeout=10)
+        assert form.status_code == 200, form.text[:500]
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        return session, token
+
+    def post_login(self, session, token, username, password):
+        """POST the login form with its CSRF token; the response, not followed."""
+        return session.post(
+            f"{self.base_url}/admin/login/?next=/admin/",
+            data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"},
+            headers={"Referer": f"{self.base_url}/admin/login/"},
+            allow_redirects=False,
+            timeout=10,
+        )
 
     def redis(self, name):
         import redis

@@ -90,28 +90,10 @@ def get(session, stack, path, **kwargs):
     return response
 
 
-def login_form(stack):
-    session = requests.Session()
-    form = get(session, stack, "/admin/login/?next=/admin/")
-    assert form.status_code == 200
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    return session, token
-
-
-def post_login(stack, session, token):
-    return session.post(
-        f"{stack.base_url}/admin/login/?next=/admin/",
-        data={"csrfmiddlewaretoken": token, "username": "admin", "password": PASSWORD, "next": "/admin/"},
-        headers={"Referer": f"{stack.base_url}/admin/login/"},
-        allow_redirects=False,
-        timeout=10,
-    )
-
-
 def login(stack):
     """Log in through nginx like a browser; return the requests session."""
-    session, token = login_form(stack)
-    response = post_login(stack, session, token)
+    session, token = stack.login_form()
+    response = stack.post_login(session, token, "admin", PASSWORD)
     assert response.status_code == 302, response.text[:500]
     assert logged_in(stack, session)
     return session
@@ -269,9 +251,9 @@ def test_sessions_redis_stopped(fs):
         assert body["failed"] == ["sessions"]
 
         admin = get(session, fs, "/admin/")
-        form_session, token = login_form(fs)  # CSRF uses a cookie, not the session
+        form_session, token = fs.login_form()  # CSRF uses a cookie, not the session
         started = time.monotonic()
-        new_login = post_login(fs, form_session, token)
+        new_login = fs.post_login(form_session, token, "admin", PASSWORD)
         login_seconds = time.monotonic() - started
         if fs.engine == "cache":
             # Fails fast with the 503 page; the cookie is kept, not deleted.

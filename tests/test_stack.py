@@ -22,17 +22,8 @@ def admin(stack):
 
 def login(stack, username, password):
     """Log in to /admin/ the way a browser does: GET the form, POST it with its CSRF token."""
-    session = requests.Session()
-    form = session.get(f"{stack.base_url}/admin/login/?next=/admin/", timeout=10)
-    assert form.status_code == 200
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    response = session.post(
-        f"{stack.base_url}/admin/login/?next=/admin/",
-        data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"},
-        headers={"Referer": f"{stack.base_url}/admin/login/"},
-        allow_redirects=False,
-        timeout=10,
-    )
+    session, token = stack.login_form()
+    response = stack.post_login(session, token, username, password)
     assert response.status_code == 302, response.text[:500]
     assert response.headers["Location"] == "/admin/"
     return session
