@@ -7,7 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(redis-server nginx make curl openssl python3-venv wrk)
+# Debian packages the demo and the tests need, one a line.
+PACKAGES=(
+    redis-server
+    nginx
+    make
+    curl
+    openssl
+    python3-venv
+    wrk
+)
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 
@@ -17,12 +26,14 @@ install_packages() {
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    # env(1) carries DEBIAN_FRONTEND through sudo, which would drop it.
+    local as_root=(env DEBIAN_FRONTEND=noninteractive)
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo "${as_root[@]}")
     log "installing Debian packages: ${missing[*]}"
-    $sudo apt-get update -qq
+    # Wait for another apt run (a second bootstrap, unattended-upgrades) rather than fail.
+    "${as_root[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
     # policy-rc.d may forbid starting services (containers); we start our own.
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    "${as_root[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
 }
 
 install_tooling() {
@@ -35,12 +46,20 @@ install_tooling() {
             "$python" -m venv .venv
         fi
     fi
-    log "installing the template's tooling into .venv"
-    if command -v uv >/dev/null; then
-        uv pip install --quiet --compile-bytecode --python .venv/bin/python -e .
-    else
-        .venv/bin/python -m pip install --quiet -e .
+    # Reinstall only when requirements.txt changed: a second run installs nothing.
+    local want stamp=.venv/.tooling-requirements.sha256
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        log "tooling in .venv is up to date (requirements.txt unchanged)"
+        return 0
     fi
+    log "installing the template's tooling (requirements.txt) into .venv"
+    if command -v uv >/dev/null; then
+        uv pip install --quiet --compile-bytecode --python .venv/bin/python -r requirements.txt
+    else
+        .venv/bin/python -m pip install --quiet -r requirements.txt
+    fi
+    echo "$want" >"$stamp"
 }
 
 # The tooling includes uv: the post-gen hook then takes its fast path.
