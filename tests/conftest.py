@@ -20,11 +20,45 @@ from pytest_cookies.plugin import Cookies
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent
-CHOICES = {
-    key: value
-    for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
-    if isinstance(value, list)
+OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+# The matrix: every list option with each of its values, every boolean both
+# ways. The other answers are free text, checked by the pre-gen hook.
+
+
+def matrix_choices(options):
+    return {
+        key: value if isinstance(value, list) else [value, not value]
+        for key, value in options.items()
+        if not key.startswith("_") and isinstance(value, list | bool)
+    }
+
+
+CHOICES = matrix_choices(OPTIONS)
+# Answers that the matrix does not vary, on purpose: free text (validated by
+# hooks/pre_gen_project.py) and values derived from a choice (python).
+FREE_TEXT = {
+    "project_name",
+    "project_slug",
+    "description",
+    "author_name",
+    "email",
+    "domain_name",
+    "timezone",
+    "local_port",
+    "python",
 }
+
+
+def unvaried_options(options):
+    """Answers that the matrix does not vary and FREE_TEXT does not name as free text."""
+    choices = matrix_choices(options)
+    return sorted(
+        key
+        for key, value in options.items()
+        if not key.startswith("_") and key not in choices and not (key in FREE_TEXT and isinstance(value, str))
+    )
+
+
 # nginx and redis-server may live where a normal user's PATH does not look.
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin")
 
@@ -244,3 +278,93 @@ def stack(cookies_session):
     running = start_stack(cookies_session)
     yield running
     stop_stack(running)
+
+
+# The matrix, baked once per session ----------------------------------------------
+
+
+def combo_id(combo):
+    """A readable test id: the values in key order, e.g. 5.2-True-dedicated-cache."""
+    return "-".join(f"{value}" for _, value in sorted(combo.items()))
+
+
+MATRIX_DOMAIN = "socketstack.test"
+
+
+def bake_command(output_dir, config_file, **answers):
+    """The `cookiecutter --no-input` command line a user would type for these answers."""
+    words = [f"{key}={'yes' if v is True else 'no' if v is False else v}" for key, v in answers.items()]
+    return [
+        sys.executable, "-m", "cookiecutter", "--no-input", "--config-file", str(config_file),
+        "-o", str(output_dir), str(TEMPLATE), *words,
+    ]  # fmt: skip
+
+
+def run_parallel(jobs, workers=2):
+    """Run {key: (command, cwd, env)} in a pool of threads; {key: CompletedProcess}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job):
+        command, cwd, env = job
+        return subprocess.run(
+            [str(part) for part in command], cwd=cwd, env={**os.environ, **(env or {})},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {key: pool.submit(one, job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory):
+    """Every combination of the choices, baked once without .venv: {combo id: (project, combo)}.
+
+    Each bake is its own `cookiecutter` process (two at a time: the machine
+    has two cores), so nothing is shared between them but the template.
+    The hook's Redis check is skipped here: test_hooks and test_faults run it.
+    """
+    root = tmp_path_factory.mktemp("matrix")
+    config = root / "config.yaml"
+    config.write_text(f"replay_dir: {root / 'replay'}\ncookiecutters_dir: {root / 'cc'}\n")
+    jobs, baked = {}, {}
+    for combo in all_combinations():
+        key = combo_id(combo)
+        out = root / key
+        out.mkdir()
+        answers = context_for(domain_name=MATRIX_DOMAIN, **combo)
+        env = {"SOCKETSTACK_SKIP_VENV": "1", "SOCKETSTACK_SKIP_REDIS_CHECK": "1"}
+        jobs[key] = (bake_command(out, config, **answers), root, env)
+        baked[key] = (out / "my_site", combo)
+    results = run_parallel(jobs)
+    failed = {key: r.stderr[-2000:] for key, r in results.items() if r.returncode != 0}
+    assert failed == {}, failed
+    return baked
+
+
+def django_python(project, combo):
+    """An interpreter with the Django that the combination asks for.
+
+    5.2 is the tooling's own; 6.1 gets a venv cached in ~/.cache, keyed by the
+    interpreter and the project's dependencies, so `check` of a 6.1 bake runs
+    Django 6.1 (only the first session pays for the install, about 2 s with uv).
+    """
+    if combo["django_version"] == "5.2":
+        return sys.executable
+    import hashlib
+    import tomllib
+
+    python = python_for(combo["django_version"])
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    key = hashlib.sha256(json.dumps([python, dependencies, "bytecode"]).encode()).hexdigest()[:16]
+    venv = Path.home() / ".cache" / "socketstack-tests" / f"django-{combo['django_version']}-{key}"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        uv = TOOLS / "uv"
+        run([uv, "venv", "--quiet", "--python", python, venv], project)
+        run(
+            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", venv / "bin" / "python", *dependencies],
+            project,
+        )
+        (venv / ".complete").touch()
+    return venv / "bin" / "python"

@@ -8,8 +8,8 @@ they are skipped. They reach the site through 127.0.0.1 only, with curl's
 install.sh made. Daemons that the tests start (nginx, supervisord) are stopped
 again at the end; ones that were already running are left running.
 
-The nginx config test renders the site for every option combination and runs
-`nginx -t` on it without installing anything.
+The server site of every option combination is rendered and checked with
+`nginx -t` and gixy without installing anything, in test_matrix.py.
 """
 
 import os
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import all_combinations, bake, project_processes, require, run
+from conftest import bake, project_processes, require, run
 
 DOMAIN = "socketstack.test"
 # One real install per Redis choice; the slug names the user and /webapps/<slug>.
@@ -30,65 +30,6 @@ CERT = Path("/etc/ssl/socketstack") / DOMAIN / "fullchain.pem"
 ADMIN_PASSWORD = "deploy-test-" + "pw-7h2m" * 3
 # Variables that would change what install.sh does: never inherit them.
 INSTALL_ENV_DROP = ("DOMAIN", "APP_ROOT", "PYTHON", "SSL_CERTIFICATE", "SSL_CERTIFICATE_KEY")
-
-
-def ids(combo):
-    return "-".join(f"{v}" for _, v in sorted(combo.items()))
-
-
-# nginx -t for every combination (cheap, no root needed) ---------------------------
-
-
-@pytest.mark.parametrize("combo", all_combinations(), ids=ids)
-def test_nginx_accepts_server_site(cookies_session, tmp_path, combo):
-    nginx = require("nginx")
-    openssl = require("openssl")
-    project = bake(cookies_session, domain_name=DOMAIN, **combo)
-    out = tmp_path / "conf"
-    app_root = tmp_path / "app"
-    (app_root / "var").mkdir(parents=True)  # nginx -t creates the page cache directory there
-    run([project / "deploy" / "install.sh", "--render-nginx", out], project, env={"APP_ROOT": str(app_root)})
-    slug = project.name
-    site, locations, catch_all = (
-        out / f"{slug}.conf",
-        out / f"{slug}-locations.conf",
-        out / "000-socketstack-default.conf",
-    )
-    page_cache = [out / f"{slug}-page-cache-zone.conf", out / f"{slug}-page-cache.conf"]
-    for path in (site, locations, catch_all, *page_cache):
-        assert not re.search(r"@[A-Z_]+@", path.read_text()), path
-    text = site.read_text()
-    # nginx_page_cache is on by default: the site includes both snippets.
-    assert all(f"include {path};" in text for path in page_cache)
-    assert "listen 443 ssl http2;" in text and f"server_name {DOMAIN};" in text
-    assert f"include {locations};" in text
-    assert f"server unix:{app_root}/run/gunicorn.sock" in text
-    assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains; preload" always' in text
-    # The locations must not add headers: that would drop HSTS there.
-    directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]
-    assert not any("add_header" in line for line in directives)
-    assert "return 444" in catch_all.read_text() and "default_server" in catch_all.read_text()
-    # Throwaway certificate, logs and temp paths inside tmp_path.
-    run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={DOMAIN}",
-         "-keyout", out / "privkey.pem", "-out", out / "fullchain.pem"],
-        tmp_path,
-    )  # fmt: skip
-    site.write_text(text.replace("/var/log/nginx/", f"{tmp_path}/"))
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n"
-        "    include /etc/nginx/mime.types;\n"
-        f"    access_log {tmp_path}/access.log;\n"
-        + "".join(
-            f"    {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + f"    include {catch_all};\n    include {site};\n}}\n"
-    )
-    result = run([nginx, "-t", "-p", tmp_path, "-c", tmp_path / "nginx.conf", "-e", "stderr"], tmp_path)
-    assert "syntax is ok" in result.stderr
-    assert "test is successful" in result.stderr
 
 
 # The real server ----------------------------------------------------------------

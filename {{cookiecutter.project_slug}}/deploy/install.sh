@@ -335,8 +335,7 @@ system_redis() {
     else
         service_do redis-server start
     fi
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         [ -S /run/redis/redis-server.sock ] && break
         sleep 0.2
     done
@@ -396,8 +395,7 @@ start_supervisor() {
     elif ! supervisor_running; then
         service supervisor start >/dev/null 2>&1 || /usr/bin/supervisord -c /etc/supervisor/supervisord.conf
     fi
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         supervisor_running && return 0
         sleep 0.1
     done
@@ -439,8 +437,8 @@ step_supervisor() {
 }
 
 wait_programs() {
-    local i states
-    for i in $(seq 150); do
+    local states
+    for _ in $(seq 150); do
         states="$(ctl status "$SLUG:*" 2>/dev/null || true)"
         if [ -n "$states" ] && ! grep -qv RUNNING <<<"$states"; then
             sed 's/^/    /' <<<"$states"
@@ -496,8 +494,11 @@ step_nginx() {
     for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
         [ ! -e "/etc/nginx/snippets/$SLUG-$name.conf.new" ] || nginx_files+=("/etc/nginx/snippets/$SLUG-$name.conf")
     done
+    # Every file gets a backup (snippets too), put back if nginx -t fails,
+    # removed once it passes: no .bak outlives this step.
     for f in "${nginx_files[@]}"; do
-        [ -e "$f" ] && cp -p "$f" "$f.bak"
+        rm -f "$f.bak"
+        if [ -e "$f" ]; then cp -p "$f" "$f.bak"; fi
         chmod 0644 "$f.new"
         mv "$f.new" "$f"
     done
@@ -511,15 +512,19 @@ step_nginx() {
     fi
     if ! command nginx -t 2>"$STATE_DIR/nginx-t.log"; then
         cat "$STATE_DIR/nginx-t.log" >&2
-        for f in "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT"; do
+        for f in "${nginx_files[@]}"; do
             if [ -e "$f.bak" ]; then mv "$f.bak" "$f"; else rm -f "$f"; fi
         done
         [ -e "$NGINX_SITE" ] || rm -f "/etc/nginx/sites-enabled/$SLUG.conf"
         false
     fi
-    rm -f "$NGINX_SITE.bak" "$NGINX_LOCATIONS.bak" "$NGINX_DEFAULT.bak"
+    for f in "${nginx_files[@]}"; do rm -f "$f.bak"; done
     say "nginx -t: ok ($NGINX_SITE)"
     # A reload starts new workers, which pick up the new group membership.
+    # It returns at once, while the old workers go on answering with the old
+    # config for a while: remember them, and wait below until they are gone.
+    local old_workers=""
+    if nginx_running; then old_workers="$(nginx_workers)"; fi
     if has_systemd; then
         systemctl enable --quiet nginx
         if systemctl is-active --quiet nginx; then systemctl reload nginx; else systemctl start nginx; fi
@@ -528,21 +533,52 @@ step_nginx() {
     else
         service nginx start >/dev/null 2>&1 || command nginx
     fi
+    wait_old_workers "$old_workers"
     say "nginx $(nginx_running && echo running) (pid $(cat /run/nginx.pid 2>/dev/null))"
 }
 
+nginx_workers() {
+    # The master's children: workers, cache manager and loader.
+    pgrep -P "$(cat /run/nginx.pid)" | tr '\n' ' ' || true
+}
+
+wait_old_workers() {
+    # The new config is live only once every process of the old one has exited.
+    local pid alive
+    [ -n "$1" ] || return 0
+    for _ in $(seq 300); do
+        alive=""
+        for pid in $1; do
+            if [ -d "/proc/$pid" ]; then alive="$alive $pid"; fi
+        done
+        if [ -z "$alive" ]; then
+            say "nginx reloaded: the old workers ($1) have exited"
+            return 0
+        fi
+        sleep 0.1
+    done
+    HINT="nginx kept its old workers ($alive) for 30 s: a failed reload leaves them serving the old config; see /var/log/nginx/error.log."
+    say "old nginx workers still running after 30 s:$alive"
+    return 1
+}
+
 step_healthz() {
-    step "https://$DOMAIN/healthz through nginx" \
-        "see $APP_ROOT/logs/gunicorn.log and /var/log/nginx/$SLUG.error.log (502: nginx cannot reach run/gunicorn.sock)."
-    local i status=""
-    for i in $(seq 150); do
+    step "https://$DOMAIN/healthz and http://$DOMAIN/ (301 to https) through nginx" \
+        "see $APP_ROOT/logs/gunicorn.log and /var/log/nginx/$SLUG.error.log (502: nginx cannot reach run/gunicorn.sock; no 301 on port 80: another site or program answers there)."
+    # Both ports: port 443 is new with this site, but port 80 may still be
+    # answered by an older config (Debian's default site) until the reload is done.
+    local status="" redirect="" want="301 https://$DOMAIN/socketstack-probe"
+    for _ in $(seq 150); do
         status="$(curl -s -o /dev/null -w '%{http_code}' -k --max-time 5 \
             --resolve "$DOMAIN:443:127.0.0.1" "https://$DOMAIN/healthz" || true)"
-        [ "$status" = "200" ] && break
+        redirect="$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' --max-time 5 \
+            --resolve "$DOMAIN:80:127.0.0.1" "http://$DOMAIN/socketstack-probe" || true)"
+        [ "$status" = "200" ] && [ "$redirect" = "$want" ] && break
         sleep 0.2
     done
-    say "HTTP $status"
-    [ "$status" = "200" ]
+    say "https://$DOMAIN/healthz: HTTP $status"
+    say "http://$DOMAIN/socketstack-probe: $redirect"
+    [ "$status" = "200" ] && [ "$redirect" = "$want" ]
 }
 
 main() {

@@ -76,7 +76,10 @@ if id -u "$APP_USER" >/dev/null 2>&1; then
 fi
 
 step "nginx: remove the site"
-rm -f "/etc/nginx/sites-enabled/$SLUG.conf" "$NGINX_SITE" "$NGINX_LOCATIONS" /etc/nginx/snippets/"$SLUG"-page-cache*.conf
+# With the backups of an interrupted install.sh (.bak), if any.
+rm -f "/etc/nginx/sites-enabled/$SLUG.conf" "$NGINX_SITE" "$NGINX_LOCATIONS" \
+    /etc/nginx/snippets/"$SLUG"-locations.conf.bak /etc/nginx/snippets/"$SLUG"-page-cache*.conf \
+    /etc/nginx/snippets/"$SLUG"-page-cache*.conf.bak "$NGINX_SITE.bak"
 say "removed $NGINX_SITE and $NGINX_LOCATIONS"
 if ! grep -qls "socketstack-site" /etc/nginx/sites-enabled/* 2>/dev/null; then
     # The last socketstack site: the catch-all goes too, Debian's default comes back.
