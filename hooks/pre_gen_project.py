@@ -8,6 +8,7 @@ plain Python so the template's tests can import them.
 import json
 import keyword
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,44 +40,56 @@ UNSAFE_TEXT = re.compile(r"[\"\\\n\r]")
 
 
 class InvalidAnswer(ValueError):
-    """Raised with a message: field, value, rule and fix, on one line."""
+    """Raised with a message: field, value, rule and fix, on one line.
 
-    def __init__(self, field, value, rule):
+    `placeholder` stands in for the value in the command that retries the
+    bake (retry_command), e.g. <1024-65535>.
+    """
+
+    def __init__(self, field, value, rule, placeholder="<fix this>"):
         super().__init__(f"{field}: {value!r} is not valid: {rule}")
+        self.field = field
+        self.placeholder = placeholder
 
 
 def check_slug(slug):
     if not re.fullmatch(r"[a-z][a-z0-9_]*", slug) or keyword.iskeyword(slug):
         raise InvalidAnswer(
-            "project_slug", slug, "use a lowercase Python identifier (letters, digits, _), e.g. my_site"
+            "project_slug", slug, "use a lowercase Python identifier (letters, digits, _), e.g. my_site", "<my_site>"
         )
     if slug in RESERVED_SLUGS or slug in sys.stdlib_module_names:
-        raise InvalidAnswer("project_slug", slug, "it would shadow a module the project imports; pick another name")
+        raise InvalidAnswer(
+            "project_slug", slug, "it would shadow a module the project imports; pick another name", "<another_name>"
+        )
     return slug
 
 
 def check_text(field, value):
     if not value.strip() or UNSAFE_TEXT.search(value):
-        raise InvalidAnswer(field, value, 'use plain text without double quotes ("), backslashes or newlines')
+        raise InvalidAnswer(
+            field, value, 'use plain text without double quotes ("), backslashes or newlines', "<plain text>"
+        )
     return value
 
 
 def check_domain(domain):
     labels = domain.split(".")
     if len(domain) > 253 or len(labels) < 2 or not all(HOSTNAME_LABEL.match(label) for label in labels):
-        raise InvalidAnswer("domain_name", domain, "use a lowercase hostname such as example.com (no scheme, no port)")
+        raise InvalidAnswer(
+            "domain_name", domain, "use a lowercase hostname such as example.com (no scheme, no port)", "<example.com>"
+        )
     return domain
 
 
 def check_email(email):
     if not EMAIL.match(email):
-        raise InvalidAnswer("email", email, "use an address such as you@example.com")
+        raise InvalidAnswer("email", email, "use an address such as you@example.com", "<you@example.com>")
     return email
 
 
 def check_port(port):
     if not str(port).isdigit() or not 1024 <= int(port) <= 65535:
-        raise InvalidAnswer("local_port", port, "use a number from 1024 to 65535 (no root needed)")
+        raise InvalidAnswer("local_port", port, "use a number from 1024 to 65535 (no root needed)", "<1024-65535>")
     return int(port)
 
 
@@ -84,7 +97,7 @@ def check_timezone(timezone):
     try:
         zoneinfo.ZoneInfo(timezone)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-        raise InvalidAnswer("timezone", timezone, "use an IANA name such as UTC or Europe/Berlin") from None
+        raise InvalidAnswer("timezone", timezone, "use an IANA name such as UTC or Europe/Berlin", "<UTC>") from None
     return timezone
 
 
@@ -112,13 +125,16 @@ def check_python(python, django_version):
     need = MIN_PYTHON[django_version]
     version = python_version(python)
     if version is None:
-        raise InvalidAnswer("python", python, "it does not run here; give the path of an installed interpreter")
+        raise InvalidAnswer(
+            "python", python, "it does not run here; give the path of an installed interpreter", "</path/to/python3>"
+        )
     if version < need:
         raise InvalidAnswer(
             "python",
             python,
             f"it is Python {version[0]}.{version[1]}, Django {django_version} needs >= {need[0]}.{need[1]}; "
             "give a newer interpreter or choose Django 5.2",
+            "</path/to/python3.12>",
         )
     return python
 
@@ -135,14 +151,42 @@ def validate(context):
     check_python(context["python"], context["django_version"])
 
 
+# Answers never repeated in the retry command, should a future option carry a secret.
+SECRET_WORDS = ("secret", "password", "token", "key", "dsn")
+
+
+def retry_command(context, error):
+    """The command that bakes again with every other answer kept and the refused one
+    marked, so an interactive user need not type them all again. Secrets never
+    appear: answers whose name suggests one are left out (their defaults apply)."""
+    words = ["cookiecutter", shlex.quote(context.get("_template") or "<template>")]
+    if context.get("_checkout"):
+        words += ["--checkout", shlex.quote(str(context["_checkout"]))]
+    words.append("--no-input")
+    for key, value in context.items():
+        if key.startswith("_") or any(word in key.lower() for word in SECRET_WORDS):
+            continue
+        if key == error.field:
+            value = error.placeholder
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        words.append(shlex.quote(f"{key}={value}"))
+    return " ".join(words)
+
+
 def main():
     context = json.loads(r"""{{ cookiecutter | jsonify }}""")
     try:
         validate(context)
     except InvalidAnswer as exc:
         # First and clearest thing the user sees; cookiecutter's own
-        # "Hook script failed" message follows it.
+        # "Hook script failed" message and traceback follow it.
         print(f"ERROR: {exc}", file=sys.stderr)
+        print(
+            f"Your other answers are kept in this command: replace {exc.field}={exc.placeholder} and run it.",
+            file=sys.stderr,
+        )
+        print(f"  {retry_command(context, exc)}", file=sys.stderr)
         sys.exit(1)
 
 

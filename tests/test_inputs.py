@@ -5,11 +5,12 @@ that the first thing printed names the field and the value, that the exit
 code is non-zero and that no project directory is left behind.
 """
 
+import shlex
 import subprocess
 import sys
 
 import pytest
-from conftest import TEMPLATE
+from conftest import TEMPLATE, load_hook
 
 BAD_ANSWERS = [
     ("project_slug", "My-Site"),
@@ -69,3 +70,43 @@ def test_good_answers_bake(tmp_path):
     result, out = cookiecutter(tmp_path, "project_name=Fine Site", "local_port=8123", f"python={sys.executable}")
     assert result.returncode == 0, result.stderr
     assert (out / "fine_site" / "manage.py").exists()
+
+
+def test_refused_answer_comes_with_a_command_that_keeps_the_others(tmp_path):
+    """After the error line: a ready command with every other answer and the refused
+    one marked. With the mark replaced, it bakes what the user meant."""
+    answers = ["project_name=Corner Shop", "email=shop@example.com", "timezone=Europe/Berlin", "nginx_page_cache=no"]
+    result, out = cookiecutter(tmp_path, *answers, "local_port=80", f"python={sys.executable}")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("ERROR: local_port: '80' is not valid:"), lines[:3]
+    assert "replace local_port=<1024-65535>" in lines[1], lines[1]
+    words = shlex.split(lines[2])
+    assert words[:2] == ["cookiecutter", str(TEMPLATE)] and "--no-input" in words
+    for answer in [*answers, "local_port=<1024-65535>"]:
+        assert answer in words, (answer, words)
+    fixed = ["local_port=8123" if word == "local_port=<1024-65535>" else word for word in words[2:]]
+    (tmp_path / "retry").mkdir()
+    retry, out = cookiecutter(
+        tmp_path / "retry", *[word for word in fixed if word not in ("--no-input", str(TEMPLATE))]
+    )
+    assert retry.returncode == 0, retry.stderr
+    project = out / "corner_shop"
+    env = (project / ".env").read_text()
+    assert "LOCAL_PORT=8123" in env
+    assert "shop@example.com" in (project / "pyproject.toml").read_text()
+    assert not (project / "deploy" / "nginx" / "page-cache.conf").exists()
+
+
+def test_retry_command_never_carries_a_secret():
+    hook = load_hook("pre_gen_project")
+    context = {"_template": "gh:owner/tpl", "project_name": "Shop", "local_port": "80",
+               "django_secret_key": "s3cr3t-v4", "admin_password": "hunter2-x", "nginx_page_cache": True}  # fmt: skip
+    try:
+        hook.check_port(context["local_port"])
+    except hook.InvalidAnswer as error:
+        command = hook.retry_command(context, error)
+    assert "s3cr3t-v4" not in command and "hunter2-x" not in command
+    assert shlex.split(command) == [
+        "cookiecutter", "gh:owner/tpl", "--no-input",
+        "project_name=Shop", "local_port=<1024-65535>", "nginx_page_cache=yes",
+    ]  # fmt: skip
