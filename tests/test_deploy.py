@@ -17,15 +17,27 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import bake, project_processes, require, run
+from conftest import TOOLS, bake, context_for, project_processes, require, run
 
 DOMAIN = "socketstack.test"
-# One real install per Redis choice; the slug names the user and /webapps/<slug>.
-SERVER_SLUGS = {"dedicated": "sst_deploy", "system": "sst_deploy_sysredis"}
+# Real installs: one per Redis choice, and Django 6.1 with the other values of
+# the other choices. The slug names the user and /webapps/<slug>.
+SERVERS = {
+    "dedicated": {"project_slug": "sst_deploy", "redis": "dedicated"},
+    "system": {"project_slug": "sst_deploy_sysredis", "redis": "system"},
+    "django61": {
+        "project_slug": "sst_deploy_dj61",
+        "redis": "dedicated",
+        "django_version": "6.1",
+        "nginx_page_cache": False,
+        "session_engine": "cached_db",
+    },
+}
 CERT = Path("/etc/ssl/socketstack") / DOMAIN / "fullchain.pem"
 ADMIN_PASSWORD = "deploy-test-" + "pw-7h2m" * 3
 # Variables that would change what install.sh does: never inherit them.
@@ -67,27 +79,36 @@ def wait_gone(pid, timeout=30):
 class Server:
     """A baked project installed by deploy/install.sh, reached with curl."""
 
-    def __init__(self, project, workdir, redis):
+    def __init__(self, project, workdir, choices, python=None):
         self.project = project
         self.slug = project.name
         self.app_root = Path("/webapps") / self.slug
-        self.redis = redis
+        self.redis = choices["redis"]
+        self.page_cache = choices.get("nginx_page_cache", True)
+        self.python = python
         self.workdir = workdir
         self.jar = workdir / "cookies.txt"
         self.timings = {}
         self.outputs = {}
+        self.port_80_at_return = {}
 
-    def install(self, label):
+    def install(self, label, check=True):
         env = {key: value for key, value in os.environ.items() if key not in INSTALL_ENV_DROP}
+        if self.python:
+            env["PYTHON"] = str(self.python)
         started = time.monotonic()
         result = subprocess.run(
             [self.project / "deploy" / "install.sh"], cwd=self.project, env=env, capture_output=True, text=True,
             timeout=1200,
         )  # fmt: skip
         self.timings[label] = time.monotonic() - started
+        # The moment install.sh says done, port 80 must answer with the new
+        # config: the old nginx workers may not be answering any more.
+        code, status, headers, _ = self.curl(f"http://{DOMAIN}/right/after", jar=False)
+        self.port_80_at_return[label] = (code, status, headers.get("location"))
         self.outputs[label] = result.stdout + result.stderr
         print(f"install.sh ({label}): {self.timings[label]:.1f} s")
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             pytest.fail(f"install.sh ({label}) exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
 
@@ -179,30 +200,71 @@ def system_redis_running():
     return True
 
 
-@pytest.fixture(scope="module", params=sorted(SERVER_SLUGS), ids=lambda redis: f"redis={redis}")
+def python_outside_root(python, directory):
+    """A copy of a pyenv interpreter that the app user can run.
+
+    pyenv lives in /root (mode 0700), and its shared libpython is found
+    through an absolute RUNPATH into it: copy the installation (hard links
+    where possible, without its test suite) and point the RUNPATH at the copy.
+    """
+    source = Path(python).resolve().parent.parent
+    target = directory / source.name
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    ignore = shutil.ignore_patterns("test", "tests", "idlelib", "tkinter", "turtledemo", "site-packages")
+    shutil.copytree(source, target, symlinks=True, ignore=ignore, copy_function=link_or_copy)
+    binary = target / "bin" / Path(python).resolve().name
+    binary.unlink()  # a hard link: patch a copy, never pyenv's own file
+    shutil.copy2(Path(python).resolve(), binary)
+    run([TOOLS / "patchelf", "--set-rpath", str(target / "lib"), binary], directory)
+    for path in (directory, *directory.parents):
+        if path == Path("/"):
+            break
+        path.chmod(path.stat().st_mode | 0o055)
+    return binary
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS), ids=lambda name: f"server={name}")
 def server(request, cookies_session, tmp_path_factory):
-    """Bake, install with install.sh, and always clean up with uninstall.sh."""
+    """Bake, install with install.sh, and always clean up with uninstall.sh.
+
+    nginx already runs before every install but the first (a second site on
+    a server, a reinstall): install.sh must not say done while nginx's old
+    workers still answer. The first install starts nginx itself, as on a
+    fresh server.
+    """
     require_root()
     require("curl")
-    redis = request.param
-    slug = SERVER_SLUGS[redis]
+    choices = dict(SERVERS[request.param])
+    slug = choices["project_slug"]
     if Path(f"/webapps/{slug}").exists() or Path(f"/etc/supervisor/conf.d/{slug}.conf").exists():
         pytest.fail(f"/webapps/{slug} or its supervisor program exists already: run its deploy/uninstall.sh first")
     nginx_before, supervisord_before = nginx_running(), supervisord_running()
     redis_before = system_redis_running()
-    project = bake(cookies_session, project_slug=slug, domain_name=DOMAIN, redis=redis)
+    project = bake(cookies_session, domain_name=DOMAIN, **choices)
     assert project.name == slug
+    python = None
+    if choices.get("django_version", "5.2") != "5.2":
+        python = python_outside_root(context_for(**choices)["python"], Path(tempfile.mkdtemp(prefix="sst-py-")))
+    if nginx_before is None and request.param != sorted(SERVERS)[0]:
+        subprocess.run(["nginx"], check=True, capture_output=True)
+        assert nginx_running()
     # A checkout has a .git directory: it must never be served.
     (project / ".git").mkdir()
     (project / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
-    deployed = Server(project, tmp_path_factory.mktemp("deploy"), redis)
+    deployed = Server(project, tmp_path_factory.mktemp("deploy"), choices, python)
     try:
         deployed.install("first run")
         yield deployed
     finally:
         if deployed.installed():
             deployed.uninstall()
-        # Stop exactly the daemons that the install started.
+        # Stop exactly the daemons that the install (or this fixture) started.
         if supervisord_before is None and (pid := supervisord_running()):
             subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
             wait_gone(pid)
@@ -210,10 +272,12 @@ def server(request, cookies_session, tmp_path_factory):
             subprocess.run(["nginx", "-s", "quit"], capture_output=True)
             if not wait_gone(pid):
                 os.kill(pid, 9)
-        if redis == "system" and not redis_before and system_redis_running():
+        if deployed.redis == "system" and not redis_before and system_redis_running():
             subprocess.run(["service", "redis-server", "stop"], capture_output=True)
+        if python:
+            shutil.rmtree(python.parent.parent.parent, ignore_errors=True)
         for label, seconds in deployed.timings.items():
-            print(f"install.sh redis={redis} {label}: {seconds:.1f} s")
+            print(f"install.sh server={request.param} {label}: {seconds:.1f} s")
 
 
 def test_install_says_how_it_runs_services(server):
@@ -222,6 +286,11 @@ def test_install_says_how_it_runs_services(server):
     expected = "systemd (systemctl)" if Path("/run/systemd/system").is_dir() else "no systemd"
     assert expected in output
     assert re.search(r"install\.sh: done in \d+ s", output)
+
+
+def test_port_80_redirects_as_soon_as_install_returns(server):
+    """No answer from the old config after "done" (Debian's default site gave 404)."""
+    assert server.port_80_at_return["first run"] == (0, 301, [f"https://{DOMAIN}/right/after"])
 
 
 def test_healthz_over_https(server):
@@ -261,6 +330,11 @@ def test_security_headers_on_pages_and_static_files(server):
 
 def test_anonymous_pages_come_from_nginx_cache(server):
     """The microcache works on the server too; a session cookie always reaches Django."""
+    if not server.page_cache:
+        headers = [server.get("/", jar=False)[1] for _ in range(2)]
+        assert [h.get("x-cache-status") for h in headers] == [None, None]
+        assert not list(Path("/etc/nginx/snippets").glob(f"{server.slug}-page-cache*"))
+        return
     statuses = [server.get("/", jar=False)[1].get("x-cache-status") for _ in range(3)]
     assert statuses[-1] == ["HIT"], statuses
     _, headers, _ = server.get("/", "-H", "Cookie: sessionid=abc", jar=False)
@@ -358,6 +432,65 @@ def sessions_redis_pid(server):
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.strip()
 
 
+def test_failed_nginx_check_puts_every_file_back(server):
+    """A site that nginx -t refuses: install.sh fails and leaves the nginx files,
+    page cache snippets included, as they were, with no .bak behind."""
+    if not server.page_cache:
+        pytest.skip("the page cache snippets exist only with nginx_page_cache")
+    ours = sorted(
+        [
+            *Path("/etc/nginx/snippets").glob(f"{server.slug}*"),
+            *Path("/etc/nginx/sites-available").glob(f"{server.slug}*"),
+        ]
+    )
+    before = {path: path.read_text() for path in ours}
+    snippet = server.project / "deploy" / "nginx" / "page-cache.conf"
+    good = snippet.read_text()
+    snippet.write_text(good + "\nnot_a_directive on;\n")
+    try:
+        result = server.install("refused config", check=False)
+    finally:
+        snippet.write_text(good)
+    assert result.returncode != 0
+    assert 'FAILED in step "nginx:' in server.outputs["refused config"]
+    assert "not_a_directive" in server.outputs["refused config"]
+    after = sorted(
+        [
+            *Path("/etc/nginx/snippets").glob(f"{server.slug}*"),
+            *Path("/etc/nginx/sites-available").glob(f"{server.slug}*"),
+        ]
+    )
+    assert after == ours
+    assert {path: path.read_text() for path in after} == before
+    assert subprocess.run(["nginx", "-t"], capture_output=True).returncode == 0
+    status, _, body = server.get("/healthz")
+    assert status == 200, body
+
+
+def test_tls12_uses_only_the_sites_ciphers(server):
+    """The catch-all is the default server on 443: its cipher list is the one every
+    site's TLS 1.2 handshake gets. RSA key exchange and CBC must be refused."""
+    openssl = require("openssl")
+
+    def handshake(cipher):
+        command = [
+            openssl,
+            "s_client",
+            "-connect",
+            "127.0.0.1:443",
+            "-servername",
+            DOMAIN,
+            "-tls1_2",
+            "-cipher",
+            cipher,
+        ]
+        return subprocess.run(command, input="", capture_output=True, text=True, timeout=30).returncode
+
+    assert handshake("ECDHE-RSA-AES128-GCM-SHA256") == 0
+    assert handshake("AES256-SHA") != 0
+    assert handshake("ECDHE-RSA-AES256-SHA") != 0
+
+
 def test_second_install_keeps_sessions(server):
     before = sessions_redis_pid(server)
     assert before
@@ -368,10 +501,13 @@ def test_second_install_keeps_sessions(server):
     status, _, body = server.get("/admin/")
     assert status == 200 and "Log out" in body, "the second install logged the user out"
     assert sessions_redis_pid(server) == before  # the sessions Redis was not restarted
+    assert server.port_80_at_return["second run"] == (0, 301, [f"https://{DOMAIN}/right/after"])
 
 
 def test_uninstall_leaves_no_process_and_no_site(server):
     uid = pwd.getpwnam(server.slug).pw_uid
+    # What an install.sh interrupted between backup and cleanup leaves behind.
+    Path(f"/etc/nginx/snippets/{server.slug}-page-cache.conf.bak").write_text("# stale\n")
     result = server.uninstall()
     assert result.returncode == 0, result.stdout + result.stderr
     assert project_processes(server.app_root) == []
@@ -382,6 +518,11 @@ def test_uninstall_leaves_no_process_and_no_site(server):
     assert not Path("/var/lib/socketstack").exists()
     enabled = list(Path("/etc/nginx/sites-enabled").iterdir())
     assert all(server.slug not in path.name and "socketstack" not in path.name for path in enabled), enabled
+    leftovers = [
+        *Path("/etc/nginx/snippets").glob(f"{server.slug}-*"),
+        *Path("/etc/nginx/sites-available").glob(f"{server.slug}.*"),
+    ]
+    assert leftovers == []
     dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True)
     assert DOMAIN not in dump.stdout
     # Nothing answers for the domain any more (refused, or the catch-all's 444).
