@@ -98,22 +98,24 @@ def certificate(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rendered(matrix, certificate, tmp_path_factory):
     """Per combination: the server files from install.sh --render-nginx, wrapped in
-    a main config, and the local stack's run/nginx/nginx.conf."""
+    a main config, and the local stack's run/nginx/nginx.conf (rendered two at a time)."""
     cert, key = certificate
-    out = {}
+    out, jobs = {}, {}
     for name, (project, _) in matrix.items():
         directory = tmp_path_factory.mktemp("site")
         conf, app_root = directory / "conf", directory / "app"
         (app_root / "var").mkdir(parents=True)  # nginx -t creates the page cache directory there
         env = {"APP_ROOT": str(app_root), "SSL_CERTIFICATE": str(cert), "SSL_CERTIFICATE_KEY": str(key)}
-        run([project / "deploy" / "install.sh", "--render-nginx", conf], project, env=env)
-        site = conf / f"{project.name}.conf"
-        site.write_text(site.read_text().replace("/var/log/nginx/", f"{directory}/"))
-        main = directory / "nginx.conf"
-        main.write_text(server_main_conf(directory, site, conf / "000-socketstack-default.conf"))
-        run([sys.executable, "deploy/local_stack.py", "render"], project)
-        out[name] = {"dir": directory, "conf": conf, "app_root": app_root, "main": main,
+        jobs[name, "server"] = ([project / "deploy" / "install.sh", "--render-nginx", conf], project, env)
+        jobs[name, "local"] = ([sys.executable, "deploy/local_stack.py", "render"], project, None)
+        out[name] = {"dir": directory, "conf": conf, "app_root": app_root, "main": directory / "nginx.conf",
                      "local": project / "run" / "nginx" / "nginx.conf"}  # fmt: skip
+    failed = {job: result.stderr for job, result in run_parallel(jobs).items() if result.returncode}
+    assert failed == {}
+    for name, files in out.items():
+        site = files["conf"] / f"{matrix[name][0].name}.conf"
+        site.write_text(site.read_text().replace("/var/log/nginx/", f"{files['dir']}/"))
+        files["main"].write_text(server_main_conf(files["dir"], site, files["conf"] / "000-socketstack-default.conf"))
     return out
 
 
@@ -220,13 +222,30 @@ def shell_scripts(project):
     return scripts
 
 
+@pytest.fixture(scope="module")
+def shellcheck_results(matrix):
+    """{combo id: [(script, CompletedProcess)]}: shellcheck once per distinct script
+    text (most combinations render the same install.sh), two at a time."""
+    import hashlib
+
+    jobs, by_combo = {}, {}
+    for name, (project, _) in matrix.items():
+        by_combo[name] = []
+        for script in shell_scripts(project):
+            digest = hashlib.sha256(script.read_bytes()).hexdigest()
+            # Warnings and errors: style notes (SC2001 and the like) are not defects.
+            jobs.setdefault(digest, ([TOOLS / "shellcheck", "--severity=warning", script], project, None))
+            by_combo[name].append((script, digest))
+    results = run_parallel(jobs)
+    return {name: [(script, results[digest]) for script, digest in scripts] for name, scripts in by_combo.items()}
+
+
 @pytest.mark.parametrize("combo", COMBINATIONS, ids=combo_id)
-def test_shellcheck_passes(matrix, combo):
-    project, _ = matrix[combo_id(combo)]
-    scripts = shell_scripts(project)
-    assert {path.name for path in scripts} >= {"install.sh", "uninstall.sh"}
-    # Warnings and errors: style notes (SC2001 and the like) are not defects.
-    run([TOOLS / "shellcheck", "--severity=warning", *scripts], project)
+def test_shellcheck_passes(shellcheck_results, combo):
+    checked = shellcheck_results[combo_id(combo)]
+    assert {script.name for script, _ in checked} >= {"install.sh", "uninstall.sh"}
+    failures = [f"{script.name}:\n{result.stdout}{result.stderr}" for script, result in checked if result.returncode]
+    assert failures == [], "\n".join(failures)
 
 
 # vulture -----------------------------------------------------------------------------
