@@ -17,6 +17,7 @@ test_bake.py checks the same bakes with ruff, `manage.py check` and
 """
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_matrix_varies_every_option():
     a new free-text answer must be named in conftest.FREE_TEXT."""
     assert unvaried_options(OPTIONS) == []
     sizes = [len(values) for values in CHOICES.values()]
-    assert len(COMBINATIONS) == len({combo_id(c) for c in COMBINATIONS}) == eval("*".join(map(str, sizes)))
+    assert len(COMBINATIONS) == len({combo_id(c) for c in COMBINATIONS}) == math.prod(sizes)
     assert all(len(values) >= 2 for values in CHOICES.values()), CHOICES
     assert all(isinstance(OPTIONS[key], str) for key in FREE_TEXT)
 
