@@ -32,7 +32,7 @@ def chromium_path():
 
 
 @contextlib.contextmanager
-def chromium(home, resolve=None):
+def chromium(home, resolve=None, extra_args=()):
     """A headless Chromium with its own HOME (profile, NSS certificate db).
 
     resolve: a host name that Chromium's resolver maps to 127.0.0.1.
@@ -45,7 +45,7 @@ def chromium(home, resolve=None):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    args = list(CHROMIUM_ARGS)
+    args = [*CHROMIUM_ARGS, *extra_args]
     if resolve:
         args.append(f"--host-resolver-rules=MAP {resolve} 127.0.0.1")
     Path(home).mkdir(parents=True, exist_ok=True)

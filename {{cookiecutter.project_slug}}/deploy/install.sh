@@ -588,7 +588,7 @@ acme_webroot_served() {
 acme_reason() {
     # certbot's reason in one line: the CA's "Type:"/"Detail:" lines, else its last error line.
     local log="$1" reason
-    reason="$(sed -n -e 's/^ *Type: *//p' -e 's/^ *Detail: *//p' "$log" | paste -sd ' ' - | cut -c1-400)"
+    reason="$(sed -n -e 's/^ *Type: *\(.*\)/\1:/p' -e 's/^ *Detail: *//p' "$log" | paste -sd ' ' - | cut -c1-400)"
     [ -n "$reason" ] || reason="$(grep -v -e '^ *$' -e 'community.letsencrypt.org' -e 'logfile' -e '^Saving debug log' \
         "$log" | tail -n 1 | cut -c1-400)"
     echo "${reason:-certbot exited with an error}"
@@ -598,7 +598,7 @@ acme_fix() {
     case "$1" in
     *rateLimited* | *"too many"* | *"rate limit"*)
         echo "the CA's rate limit was hit: wait until the time it names, and try changes against staging first (ACME_SERVER=https://acme-staging-v02.api.letsencrypt.org/directory)." ;;
-    dns* | *NXDOMAIN* | *"DNS problem"* | *"no valid A records"* | *"No valid IP addresses"*)
+    dns* | *NXDOMAIN* | *"DNS problem"* | *"no valid A records"* | *"No valid IP addresses"* | *"could not resolve"* | *"no such host"*)
         echo "DNS does not point here: give $DOMAIN an A (and AAAA) record with this server's address, check it with \`dig +short $DOMAIN\`, then run install.sh again." ;;
     connection* | timeout* | *"Timeout during connect"* | *"Connection refused"* | *"connection refused"* | *"Fetching"*)
         echo "the CA could not reach port 80: open TCP port 80 to the internet (firewall, cloud security group); certbot's check needs http://$DOMAIN/.well-known/acme-challenge/, then run install.sh again." ;;
@@ -609,11 +609,26 @@ acme_fix() {
     esac
 }
 
+serving_certificate() {
+    # A reload reaches new connections only once the old workers are gone:
+    # wait until port 443 hands out this certificate for DOMAIN.
+    local want served="" i
+    want="$(openssl x509 -noout -serial -in "$1")"
+    for i in $(seq 100); do
+        served="$(openssl s_client -connect 127.0.0.1:443 -servername "$DOMAIN" </dev/null 2>/dev/null |
+            openssl x509 -noout -serial 2>/dev/null || true)"
+        [ "$served" = "$want" ] && break
+        sleep 0.1
+    done
+    say "nginx serves it: $served after $i tries"
+    [ "$served" = "$want" ]
+}
+
 step_letsencrypt() {
     [ -n "$LETSENCRYPT_EMAIL" ] || return 0
     step "Let's Encrypt certificate for $DOMAIN (certbot --webroot, HTTP-01 on port 80)" \
         "see certbot's message above and /var/log/letsencrypt/letsencrypt.log."
-    local hook log renewal="/etc/letsencrypt/renewal/$DOMAIN.conf" args=() reason
+    local hook log renewal="/etc/letsencrypt/renewal/$DOMAIN.conf" args=() reason started
     if ! dpkg-query -W -f='${Status}' certbot 2>/dev/null | grep -q "ok installed"; then
         say "installing certbot"
         apt-get update -qq
@@ -644,13 +659,16 @@ step_letsencrypt() {
     hook="systemctl reload nginx 2>/dev/null || nginx -s reload"
     log="$STATE_DIR/certbot.log"
     say "certbot certonly --webroot for $DOMAIN at $ACME_SERVER"
+    started="$EPOCHREALTIME"
     if (umask 022 && env ${ACME_CA_BUNDLE:+REQUESTS_CA_BUNDLE="$ACME_CA_BUNDLE"} \
         certbot certonly --non-interactive --agree-tos --no-eff-email --email "$LETSENCRYPT_EMAIL" \
         --server "$ACME_SERVER" --webroot -w "$APP_ROOT/var/acme" -d "$DOMAIN" --cert-name "$DOMAIN" \
         --keep-until-expiring --deploy-hook "$hook" "${args[@]}") >"$log" 2>&1; then
-        say "certificate: $LETSENCRYPT_DIR (until $(openssl x509 -enddate -noout -in "$LETSENCRYPT_DIR/fullchain.pem" | cut -d= -f2))"
+        say "certificate: $LETSENCRYPT_DIR, issued in $(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s (until $(openssl x509 -enddate -noout -in "$LETSENCRYPT_DIR/fullchain.pem" | cut -d= -f2))"
         say "deploy hook after each renewal: $hook"
         step_nginx # certificate() now picks the Let's Encrypt one
+        HINT="nginx was reloaded but still serves the old certificate: see /var/log/nginx/error.log."
+        serving_certificate "$LETSENCRYPT_DIR/cert.pem"
         return 0
     fi
     # The site keeps the certificate it had: nginx was not touched.
