@@ -427,3 +427,83 @@ def test_browser_over_https_login_cookies_console_and_hsts(acme, tmp_path):
         assert first["headers"].get("Non-Authoritative-Reason") == "HSTS", first["headers"]
         shot(page, tmp_path, "https-admin-via-hsts")
         context.close()
+
+
+# certbot's failures as Let's Encrypt words them: reason in one line, and the fix ----------
+
+CERTBOT_FAILURES = {
+    "dns": (
+        "Certbot failed to authenticate some domains (authenticator: webroot). The Certificate Authority reported"
+        " these problems:\n  Domain: www.example.org\n  Type:   dns\n  Detail: DNS problem: NXDOMAIN looking up A"
+        " for www.example.org - check that a DNS record exists for this domain\n\nHint: The Certificate Authority"
+        " failed to download the temporary challenge files created by Certbot.\n\nSome challenges have failed.\n"
+        "Ask for help or search for solutions at https://community.letsencrypt.org. See the logfile"
+        " /var/log/letsencrypt/letsencrypt.log or re-run Certbot with -v for more details.\n",
+        "DNS does not point here",
+    ),
+    "port 80": (
+        "Certbot failed to authenticate some domains (authenticator: webroot). The Certificate Authority reported"
+        " these problems:\n  Domain: www.example.org\n  Type:   connection\n  Detail: 203.0.113.7: Fetching"
+        " http://www.example.org/.well-known/acme-challenge/abc: Timeout during connect (likely firewall problem)\n"
+        "\nSome challenges have failed.\n",
+        "the CA could not reach port 80",
+    ),
+    "rate limit": (
+        "Saving debug log to /var/log/letsencrypt/letsencrypt.log\nRequesting a certificate for www.example.org\n"
+        "An unexpected error occurred:\nError creating new order :: too many certificates (5) already issued for"
+        " this exact set of domains in the last 168h0m0s, retry after 2026-01-02 03:04:05 UTC: see"
+        " https://letsencrypt.org/docs/rate-limits/\nAsk for help or search for solutions at"
+        " https://community.letsencrypt.org. See the logfile /var/log/letsencrypt/letsencrypt.log or re-run"
+        " Certbot with -v for more details.\n",
+        "the CA's rate limit was hit",
+    ),
+    "other host": (
+        "  Domain: www.example.org\n  Type:   unauthorized\n  Detail: 198.51.100.9: Invalid response from"
+        " http://www.example.org/.well-known/acme-challenge/abc: 404\n",
+        "another machine answered for",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CERTBOT_FAILURES))
+def test_certbot_failure_gives_one_line_reason_and_the_fix(cookies_session, tmp_path, case):
+    """install.sh's acme_reason and acme_fix, run by bash on certbot's own wording."""
+    text, fix = CERTBOT_FAILURES[case]
+    project = bake(cookies_session, domain_name="www.example.org")
+    script = (project / "deploy" / "install.sh").read_text()
+    functions = "\n".join(re.findall(r"^(acme_(?:reason|fix)\(\) \{.*?^\})", script, re.MULTILINE | re.DOTALL))
+    (tmp_path / "certbot.log").write_text(text)
+    result = run(
+        ["bash", "-c", f'DOMAIN=www.example.org\n{functions}\nr="$(acme_reason "$1")"; echo "$r"; acme_fix "$r"',
+         "-", tmp_path / "certbot.log"], tmp_path,
+    )  # fmt: skip
+    reason, advice = result.stdout.splitlines()
+    assert len(reason) <= 400 and "community.letsencrypt.org" not in reason
+    assert {"dns": "NXDOMAIN", "port 80": "Timeout during connect", "rate limit": "too many certificates",
+            "other host": "Invalid response"}[case] in reason  # fmt: skip
+    assert advice.startswith(fix), advice
+
+
+@pytest.mark.parametrize(
+    "env, first_line",
+    [
+        ({"LETSENCRYPT_EMAIL": "you"}, "install.sh: ERROR: LETSENCRYPT_EMAIL='you' is not an email address"),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_SERVER": "http://ca.test/dir"},
+            "install.sh: ERROR: ACME_SERVER='http://ca.test/dir' is not an https URL",
+        ),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_CA_BUNDLE": "/no/such/ca.pem"},
+            "install.sh: ERROR: ACME_CA_BUNDLE='/no/such/ca.pem' is not a readable file",
+        ),
+    ],
+    ids=["email", "server", "ca-bundle"],
+)
+def test_bad_acme_settings_fail_first_with_the_fix(cookies_session, env, first_line):
+    """Checked before anything changes (and before the root check): one line, exit 1."""
+    project = bake(cookies_session, domain_name=DOMAIN)
+    result = run([project / "deploy" / "install.sh"], project, env=env, check=False)
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).splitlines()
+    assert lines[0].startswith(first_line), lines[:3]
+    assert len(lines) == 1
