@@ -146,6 +146,7 @@ class Site(Server):
         self.timings[label] = time.monotonic() - started
         self.outputs[label] = result.stdout + result.stderr
         self.returncodes[label] = result.returncode
+        (self.workdir / f"install-{label.replace(' ', '-')}.log").write_text(self.outputs[label])  # an artefact
         print(f"install.sh ({label}): {self.timings[label]:.1f} s, exit {result.returncode}")
         return result
 
