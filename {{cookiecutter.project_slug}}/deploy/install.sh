@@ -589,8 +589,8 @@ acme_reason() {
     # certbot's reason in one line: the CA's "Type:"/"Detail:" lines, else its last error line.
     local log="$1" reason
     reason="$(sed -n -e 's/^ *Type: *\(.*\)/\1:/p' -e 's/^ *Detail: *//p' "$log" | paste -sd ' ' - | cut -c1-400)"
-    [ -n "$reason" ] || reason="$(grep -v -e '^ *$' -e 'community.letsencrypt.org' -e 'logfile' -e '^Saving debug log' \
-        "$log" | tail -n 1 | cut -c1-400)"
+    [ -n "$reason" ] || reason="$({ grep -v -e '^ *$' -e 'community.letsencrypt.org' -e 'logfile' \
+        -e '^Saving debug log' "$log" || true; } | tail -n 1 | cut -c1-400)"
     echo "${reason:-certbot exited with an error}"
 }
 
