@@ -249,6 +249,7 @@ def acme(cookies_session, tmp_path_factory):
             if not wait_gone(pid):
                 os.kill(pid, 9)
         assert not (LETSENCRYPT / "live" / DOMAIN).exists()
+        assert not Path("/var/lib/socketstack").exists(), "install.sh left state that uninstall.sh did not remove"
         assert all(process.poll() is not None for _, process in pebble.processes)
 
 

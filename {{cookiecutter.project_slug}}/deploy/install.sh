@@ -657,7 +657,7 @@ step_letsencrypt() {
     # The deploy hook runs after each renewal of this certificate (certbot keeps
     # it in $renewal): it reloads nginx, nothing else.
     hook="systemctl reload nginx 2>/dev/null || nginx -s reload"
-    log="$STATE_DIR/certbot.log"
+    log="$APP_ROOT/logs/certbot.log"
     say "certbot certonly --webroot for $DOMAIN at $ACME_SERVER"
     started="$EPOCHREALTIME"
     if (umask 022 && env ${ACME_CA_BUNDLE:+REQUESTS_CA_BUNDLE="$ACME_CA_BUNDLE"} \
