@@ -90,8 +90,10 @@ def log_in(page, base_url, username, password):
     assert len(token) >= 32
     page.fill("#id_username", username)
     page.fill("#id_password", password)
-    with page.expect_navigation():
-        page.click('input[type="submit"]')
+    with page.expect_request(lambda r: r.method == "POST" and "/admin/login/" in r.url) as posted:
+        with page.expect_navigation():
+            page.click('input[type="submit"]')
+    assert f"csrfmiddlewaretoken={token}" in posted.value.post_data  # the form's token went with the login
     assert page.url == f"{base_url}/admin/", page.url
     return token
 
