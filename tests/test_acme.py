@@ -43,9 +43,12 @@ HOOK = "systemctl reload nginx 2>/dev/null || nginx -s reload"
 class Pebble:
     """pebble + pebble-challtestsrv on loopback, on free ports; stop() ends exactly these two."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, http_port=80, dns=None):
         self.workdir = workdir
+        self.http_port = http_port  # where pebble fetches the HTTP-01 challenge
         self.port, self.management, self.dns, self.dns_management = (free_port() for _ in range(4))
+        self.own_dns = dns is None  # else: another Pebble's challtestsrv port
+        self.dns = dns or self.dns
         self.ca = workdir / "listener-ca.pem"
         self.directory = f"https://127.0.0.1:{self.port}/dir"
         self.processes = []
@@ -69,16 +72,18 @@ class Pebble:
             '{"pebble": {'
             f'"listenAddress": "127.0.0.1:{self.port}", "managementListenAddress": "127.0.0.1:{self.management}", '
             f'"certificate": "{w}/listener.pem", "privateKey": "{w}/listener.key", '
-            '"httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": false}}\n'
+            f'"httpPort": {self.http_port}, "tlsPort": 443, '
+            '"ocspResponderURL": "", "externalAccountBindingRequired": false}}\n'
         )
         # No answer for any name until add_a(): -defaultIPv4/IPv6 empty.
-        self._spawn(
-            "challtestsrv",
-            [require("pebble-challtestsrv"), "-defaultIPv4", "", "-defaultIPv6", "",
-             "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-             "-management", f"127.0.0.1:{self.dns_management}"],
-            {},
-        )  # fmt: skip
+        if self.own_dns:
+            self._spawn(
+                "challtestsrv",
+                [require("pebble-challtestsrv"), "-defaultIPv4", "", "-defaultIPv6", "",
+                 "-dns01", f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                 "-management", f"127.0.0.1:{self.dns_management}"],
+                {},
+            )  # fmt: skip
         # No artificial sleeps, no random nonce rejections, a fresh validation for every order.
         self._spawn(
             "pebble",
@@ -89,7 +94,6 @@ class Pebble:
         while True:
             try:
                 if requests.get(self.directory, verify=self.ca, timeout=2).status_code == 200:
-                    requests.post(f"http://127.0.0.1:{self.dns_management}/clear-a", json={"host": "x."}, timeout=2)
                     return
             except requests.ConnectionError:
                 pass
@@ -134,10 +138,11 @@ class Site(Server):
         self.pebble = pebble
         self.returncodes = {}
 
-    def install(self, label):
+    def install(self, label, pebble=None):
+        pebble = pebble or self.pebble
         drop = (*INSTALL_ENV_DROP, "LETSENCRYPT_EMAIL", "ACME_SERVER", "ACME_CA_BUNDLE")
         env = {key: value for key, value in os.environ.items() if key not in drop}
-        env.update(LETSENCRYPT_EMAIL=EMAIL, ACME_SERVER=self.pebble.directory, ACME_CA_BUNDLE=str(self.pebble.ca))
+        env.update(LETSENCRYPT_EMAIL=EMAIL, ACME_SERVER=pebble.directory, ACME_CA_BUNDLE=str(pebble.ca))
         started = time.monotonic()
         result = subprocess.run(
             [self.project / "deploy" / "install.sh"], cwd=self.project, env=env, capture_output=True, text=True,
@@ -305,6 +310,32 @@ def test_second_run_keeps_the_certificate(acme):
     assert result.returncode == 0, acme.outputs["second run"]
     assert f"certificate exists: /etc/letsencrypt/live/{DOMAIN}" in acme.outputs["second run"]
     assert file_serial(LETSENCRYPT / "live" / DOMAIN / "cert.pem") == before
+
+
+def test_port_80_unreachable_fails_cleanly_on_the_certificate_it_had(acme, tmp_path):
+    """Another ACME server whose validation cannot reach port 80: the real certificate stays in place."""
+    closed_port = free_port()  # nothing listens there: the CA's fetch is refused, as behind a firewall
+    blocked = Pebble(tmp_path, http_port=closed_port, dns=acme.pebble.dns)
+    live = LETSENCRYPT / "live" / DOMAIN / "cert.pem"
+    before = file_serial(live)
+    try:
+        blocked.start()
+        result = acme.install("port 80 blocked", pebble=blocked)
+    finally:
+        blocked.stop()
+        shutil.rmtree(LETSENCRYPT / "accounts" / f"127.0.0.1:{blocked.port}", ignore_errors=True)
+    output = acme.outputs["port 80 blocked"]
+    assert result.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("install.sh: ")]
+    first = next(i for i, line in enumerate(errors) if "ERROR" in line)
+    assert errors[first].startswith(f"install.sh: ERROR: certbot could not get a certificate for {DOMAIN}: "), errors
+    assert re.search(r"connection|refused", errors[first], re.IGNORECASE), errors[first]
+    assert errors[first + 1].startswith("install.sh: what to do: the CA could not reach port 80"), errors
+    # Still the certificate from the first CA, served, and the site answers.
+    assert file_serial(live) == before
+    status, _, _, serial = acme.request("GET", "/healthz", acme.pebble.root())
+    assert (status, serial) == (200, before)
+    assert f"server = {acme.pebble.directory}\n" in (LETSENCRYPT / "renewal" / f"{DOMAIN}.conf").read_text()
 
 
 def cookie_header(headers):
