@@ -16,6 +16,10 @@ PACKAGES=(
     openssl
     python3-venv
     wrk
+    pebble
+    certbot
+    chromium
+    libnss3-tools
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }

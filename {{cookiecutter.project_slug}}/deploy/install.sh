@@ -12,6 +12,11 @@
 #   APP_ROOT=...   where the app lives      (default: /webapps/{{ cookiecutter.project_slug }})
 #   PYTHON=...     interpreter for the venv (default: the first of /usr/bin/python3,
 #                  python3.12, python3.13 that is new enough)
+#   LETSENCRYPT_EMAIL=you@example.com  get a Let's Encrypt certificate for DOMAIN
+#                  with certbot (HTTP-01 through this site's port 80) and switch to it
+#   ACME_SERVER=...    another ACME directory (default: Let's Encrypt production;
+#                  staging: https://acme-staging-v02.api.letsencrypt.org/directory)
+#   ACME_CA_BUNDLE=... CA file certbot trusts for ACME_SERVER (a test server's own CA)
 # Without systemd (containers, CI) it starts the daemons with service(8) or directly.
 # `deploy/install.sh --render-nginx DIR` only writes the nginx files into DIR
 # (no root needed; the template's tests run `nginx -t` on them).
@@ -35,6 +40,10 @@ NGINX_DEFAULT="/etc/nginx/sites-available/000-socketstack-default.conf"
 SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
 SELF_SIGNED_DIR="/etc/ssl/socketstack/$DOMAIN"
 LETSENCRYPT_DIR="/etc/letsencrypt/live/$DOMAIN"
+LETSENCRYPT_EMAIL="${LETSENCRYPT_EMAIL:-}"
+ACME_SERVER="${ACME_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
+ACME_CA_BUNDLE="${ACME_CA_BUNDLE:-}"
+ACME_FAILED=""
 STATE_DIR="/var/lib/socketstack"
 PAGE_CACHE_SNIPPETS=(page-cache-zone page-cache)
 PACKAGES=(nginx redis-server supervisor python3-venv openssl rsync curl ca-certificates)
@@ -88,6 +97,16 @@ validate_input() {
         fail "the project slug '$SLUG' is longer than 32 characters, the limit for a Linux user name: bake the project with a shorter slug."
 }
 
+validate_acme() {
+    [ -n "$LETSENCRYPT_EMAIL" ] || return 0
+    [[ "$LETSENCRYPT_EMAIL" =~ ^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$ ]] ||
+        fail "LETSENCRYPT_EMAIL='$LETSENCRYPT_EMAIL' is not an email address: give the one the CA writes to about expiry, e.g. you@example.com."
+    [[ "$ACME_SERVER" =~ ^https://[^[:space:]]+$ ]] ||
+        fail "ACME_SERVER='$ACME_SERVER' is not an https URL: give an ACME directory URL, or leave it unset for Let's Encrypt."
+    [ -z "$ACME_CA_BUNDLE" ] || [ -r "$ACME_CA_BUNDLE" ] ||
+        fail "ACME_CA_BUNDLE='$ACME_CA_BUNDLE' is not a readable file: give the PEM file of the CA that signed ACME_SERVER's certificate, or leave it unset."
+}
+
 # (1) nginx files: also used by --render-nginx -------------------------------
 
 render_nginx() {
@@ -129,6 +148,7 @@ fi
 
 preflight() {
     validate_input
+    validate_acme
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/install.sh"
     [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
     [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
@@ -581,6 +601,120 @@ step_healthz() {
     [ "$status" = "200" ] && [ "$redirect" = "$want" ]
 }
 
+# (3) A real certificate: LETSENCRYPT_EMAIL=... --------------------------------
+
+acme_webroot_served() {
+    # nginx serves APP_ROOT/var/acme on http://DOMAIN/.well-known/acme-challenge/
+    # (a reload takes a moment to reach every worker): wait until it does.
+    local dir="$APP_ROOT/var/acme/.well-known/acme-challenge" probe i answer=""
+    install -d -m 0750 -g "$APP_USER" "$APP_ROOT/var/acme/.well-known" "$dir"
+    probe="socketstack-probe-$$"
+    printf '%s' "$probe" >"$dir/$probe"
+    chgrp "$APP_USER" "$dir/$probe"
+    for i in $(seq 50); do
+        answer="$(curl -s --max-time 2 --resolve "$DOMAIN:80:127.0.0.1" \
+            "http://$DOMAIN/.well-known/acme-challenge/$probe" || true)"
+        [ "$answer" = "$probe" ] && break
+        sleep 0.2
+    done
+    rm -f "$dir/$probe"
+    [ "$answer" = "$probe" ]
+}
+
+acme_reason() {
+    # certbot's reason in one line: the CA's "Type:"/"Detail:" lines, else its last error line.
+    local log="$1" reason
+    reason="$(sed -n -e 's/^ *Type: *\(.*\)/\1:/p' -e 's/^ *Detail: *//p' "$log" | paste -sd ' ' - | cut -c1-400)"
+    [ -n "$reason" ] || reason="$({ grep -v -e '^ *$' -e 'community.letsencrypt.org' -e 'logfile' \
+        -e '^Saving debug log' "$log" || true; } | tail -n 1 | cut -c1-400)"
+    echo "${reason:-certbot exited with an error}"
+}
+
+acme_fix() {
+    case "$1" in
+    *rateLimited* | *"too many"* | *"rate limit"*)
+        echo "the CA's rate limit was hit: wait until the time it names, and try changes against staging first (ACME_SERVER=https://acme-staging-v02.api.letsencrypt.org/directory)." ;;
+    dns* | *NXDOMAIN* | *"DNS problem"* | *"no valid A records"* | *"No valid IP addresses"* | *"could not resolve"* | *"no such host"*)
+        echo "DNS does not point here: give $DOMAIN an A (and AAAA) record with this server's address, check it with \`dig +short $DOMAIN\`, then run install.sh again." ;;
+    connection* | timeout* | *"Timeout during connect"* | *"Connection refused"* | *"connection refused"* | *"Fetching"*)
+        echo "the CA could not reach port 80: open TCP port 80 to the internet (firewall, cloud security group); certbot's check needs http://$DOMAIN/.well-known/acme-challenge/, then run install.sh again." ;;
+    unauthorized*)
+        echo "another machine answered for $DOMAIN: make its A/AAAA records point at this server only (\`dig +short $DOMAIN\`), then run install.sh again." ;;
+    *)
+        echo "read /var/log/letsencrypt/letsencrypt.log, fix the cause, then run install.sh again." ;;
+    esac
+}
+
+serving_certificate() {
+    # A reload reaches new connections only once the old workers are gone:
+    # wait until port 443 hands out this certificate for DOMAIN.
+    local want served="" i
+    want="$(openssl x509 -noout -serial -in "$1")"
+    for i in $(seq 100); do
+        served="$(openssl s_client -connect 127.0.0.1:443 -servername "$DOMAIN" </dev/null 2>/dev/null |
+            openssl x509 -noout -serial 2>/dev/null || true)"
+        [ "$served" = "$want" ] && break
+        sleep 0.1
+    done
+    say "nginx serves it: $served after $i tries"
+    [ "$served" = "$want" ]
+}
+
+step_letsencrypt() {
+    [ -n "$LETSENCRYPT_EMAIL" ] || return 0
+    step "Let's Encrypt certificate for $DOMAIN (certbot --webroot, HTTP-01 on port 80)" \
+        "see certbot's message above and /var/log/letsencrypt/letsencrypt.log."
+    local hook log renewal="/etc/letsencrypt/renewal/$DOMAIN.conf" args=() reason started
+    if ! dpkg-query -W -f='${Status}' certbot 2>/dev/null | grep -q "ok installed"; then
+        say "installing certbot"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends certbot >/dev/null
+    fi
+    # Renewal: Debian's certbot runs `certbot renew` twice a day, from its
+    # systemd timer or, without systemd, /etc/cron.d/certbot.
+    if has_systemd; then
+        systemctl enable --now --quiet certbot.timer
+        say "renewal: certbot.timer (systemd), twice a day"
+    else
+        say "renewal: /etc/cron.d/certbot, twice a day while cron runs (no systemd here)"
+    fi
+    if [ -s "$LETSENCRYPT_DIR/fullchain.pem" ] && grep -qxF "server = $ACME_SERVER" "$renewal" 2>/dev/null; then
+        say "certificate exists: $LETSENCRYPT_DIR (until $(openssl x509 -enddate -noout -in "$LETSENCRYPT_DIR/fullchain.pem" | cut -d= -f2)); renewal keeps it fresh"
+        return 0
+    fi
+    # Another CA than the existing certificate's (staging -> production): replace it.
+    [ ! -s "$LETSENCRYPT_DIR/fullchain.pem" ] || args+=(--force-renewal)
+    if ! acme_webroot_served; then
+        ACME_FAILED="nginx does not serve $APP_ROOT/var/acme on http://$DOMAIN/.well-known/acme-challenge/ from this machine"
+        echo "install.sh: ERROR: no certificate for $DOMAIN: $ACME_FAILED" >&2
+        echo "install.sh: what to do: read /var/log/nginx/$SLUG.error.log, then run install.sh again." >&2
+        return 0
+    fi
+    # The deploy hook runs after each renewal of this certificate (certbot keeps
+    # it in $renewal): it reloads nginx, nothing else.
+    hook="systemctl reload nginx 2>/dev/null || nginx -s reload"
+    log="$APP_ROOT/logs/certbot.log"
+    say "certbot certonly --webroot for $DOMAIN at $ACME_SERVER"
+    started="$EPOCHREALTIME"
+    if (umask 022 && env ${ACME_CA_BUNDLE:+REQUESTS_CA_BUNDLE="$ACME_CA_BUNDLE"} \
+        certbot certonly --non-interactive --agree-tos --no-eff-email --email "$LETSENCRYPT_EMAIL" \
+        --server "$ACME_SERVER" --webroot -w "$APP_ROOT/var/acme" -d "$DOMAIN" --cert-name "$DOMAIN" \
+        --keep-until-expiring --deploy-hook "$hook" "${args[@]}") >"$log" 2>&1; then
+        say "certificate: $LETSENCRYPT_DIR, issued in $(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s (until $(openssl x509 -enddate -noout -in "$LETSENCRYPT_DIR/fullchain.pem" | cut -d= -f2))"
+        say "deploy hook after each renewal: $hook"
+        step_nginx # certificate() now picks the Let's Encrypt one
+        HINT="nginx was reloaded but still serves the old certificate: see /var/log/nginx/error.log."
+        serving_certificate "$LETSENCRYPT_DIR/cert.pem"
+        return 0
+    fi
+    # The site keeps the certificate it had: nginx was not touched.
+    reason="$(acme_reason "$log")"
+    ACME_FAILED="$reason"
+    echo "install.sh: ERROR: certbot could not get a certificate for $DOMAIN: $reason" >&2
+    echo "install.sh: what to do: $(acme_fix "$reason")" >&2
+    say "the site stays up on $CERT (certbot's full output: $log)"
+}
+
 main() {
     preflight
     install_packages
@@ -593,11 +727,16 @@ main() {
     step_django
     step_supervisor
     step_nginx
+    step_letsencrypt
     step_healthz
     printf '\ninstall.sh: done in %s s: https://%s/ (app root %s)\n' "$((SECONDS - STARTED))" "$DOMAIN" "$APP_ROOT"
-    [ "${CERT:-}" = "$LETSENCRYPT_DIR/fullchain.pem" ] ||
-        echo "install.sh: still on a self-signed certificate: run certbot as the README says, then install.sh again."
+    [ "${CERT:-}" = "$LETSENCRYPT_DIR/fullchain.pem" ] || [ -n "$ACME_FAILED" ] ||
+        echo "install.sh: still on a self-signed certificate: run LETSENCRYPT_EMAIL=you@example.com deploy/install.sh for a real one."
     echo "install.sh: logs in $APP_ROOT/logs/ and /var/log/nginx/$SLUG.*.log; state: supervisorctl status '$SLUG:*'"
+    if [ -n "$ACME_FAILED" ]; then
+        echo "install.sh: FAILED to get a certificate for $DOMAIN (the site is up on $CERT): $ACME_FAILED" >&2
+        exit 1
+    fi
 }
 
 main
