@@ -127,7 +127,8 @@ def test_supervisord_parses_config(baked):
         "o.realize(['-c', sys.argv[1]]);"
         "print(' '.join(p.name for g in o.process_group_configs for p in g.process_configs))"
     )
-    (project / "logs").mkdir(exist_ok=True)  # `make up` makes it; supervisord's options check it exists
+    for name in ("logs", "run"):  # `make up` makes them; supervisord checks that they exist
+        (project / name).mkdir(exist_ok=True)
     names = run([sys.executable, "-c", code, "deploy/supervisor/local.conf"], project).stdout.split()
     slug = project.name
     expected = {f"{slug}-gunicorn", f"{slug}-nginx"}
