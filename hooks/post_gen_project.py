@@ -193,7 +193,7 @@ def check_redis(project_dir, context, system_socket=SYSTEM_REDIS_SOCKET):
 def next_steps(project_dir, context, venv_ok):
     steps = [f"cd {project_dir}"]
     if not venv_ok:
-        steps.append("make venv        # create .venv and install the project")
+        steps.append("make venv        # create .venv with the locked versions")
     steps += [
         "make up          # Redis, gunicorn and nginx under supervisord",
         f"open http://127.0.0.1:{context['local_port']}/",

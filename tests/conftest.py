@@ -244,3 +244,20 @@ def stack(cookies_session):
     running = start_stack(cookies_session)
     yield running
     stop_stack(running)
+
+
+def commit_and_clone(project):
+    """git init + commit a baked project, then clone it into a new short directory.
+
+    The clone is what a teammate, CI or a server gets: no .env, .venv or run/.
+    """
+    require("git")
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    run([*git, "init", "-q", "-b", "main"], project)
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-q", "-m", "Baked"], project)
+    clone = short_output_dir("clone") / project.name
+    run([*git, "clone", "-q", str(project), str(clone)], project.parent)
+    for name in (".env", ".venv", "run"):
+        assert not (clone / name).exists(), f"{name} was committed"
+    return clone

@@ -13,28 +13,22 @@ import sys
 import pytest
 import requests
 import yaml
-from conftest import CHOICES, TOOLS, Stack, bake, free_port, require, run, short_output_dir, stop_stack
+from conftest import (
+    CHOICES,
+    TOOLS,
+    Stack,
+    bake,
+    commit_and_clone,
+    free_port,
+    require,
+    run,
+    short_output_dir,
+    stop_stack,
+)
 
 ADMIN_PASSWORD = "clone-test-" + "pw-4q8z" * 3
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEEDS_VENV = ("up", "down", "status", "reload", "shell", "ctl", "test", "check", "superuser", "bench")
-
-
-def git(*args, cwd):
-    return run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args], cwd)
-
-
-def commit_and_clone(project):
-    """git init + commit the baked project, clone it into a new short directory."""
-    require("git")
-    git("init", "-q", "-b", "main", cwd=project)
-    git("add", "-A", cwd=project)
-    git("commit", "-q", "-m", "Baked", cwd=project)
-    clone = short_output_dir("clone") / project.name
-    git("clone", "-q", str(project), str(clone), cwd=project.parent)
-    for name in (".env", ".venv", "run"):
-        assert not (clone / name).exists(), f"{name} was committed"
-    return clone
 
 
 def workflow(project):
