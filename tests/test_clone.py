@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 
 import pytest
 import requests
@@ -200,3 +201,17 @@ def test_pre_commit_ruff_is_the_locked_ruff(cookies):
     assert rev == locked
     # And `make check` runs that ruff: the one in .venv, from the same lock.
     assert "$(PY) -m ruff check ." in (project / "Makefile").read_text()
+
+
+def test_second_bootstrap_installs_nothing():
+    """The template's own set-up: .venv's tooling is reinstalled only when requirements.txt changes."""
+    from conftest import TEMPLATE
+
+    if not (TEMPLATE / ".venv" / ".tooling-requirements.sha256").exists():
+        pytest.skip("this .venv was not made by bootstrap.sh")
+    # Its own --basetemp: the default one may be in use by this very run.
+    command = ["./bootstrap.sh", "test", "--co", "-q", "--basetemp", tempfile.mkdtemp(), "tests/test_inputs.py"]
+    result = run(command, TEMPLATE, timeout=600)
+    assert "tooling in .venv is up to date (requirements.txt unchanged)" in result.stdout
+    assert "installing" not in result.stdout + result.stderr
+    assert not (TEMPLATE / "setup.py").exists() and "[project]" not in (TEMPLATE / "pyproject.toml").read_text()
