@@ -189,11 +189,13 @@ def venv_commands(root, python, uv=None):
         # takes seconds to boot (PYTHONDONTWRITEBYTECODE may be set).
         return [
             [uv, "venv", "--quiet", "--relocatable", "--python", python, str(venv)],
-            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", venv_python, "-r", lock_file],
+            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--require-hashes", "--python", venv_python]
+            + ["-r", lock_file],
         ]
     return [
         [python, "-m", "venv", str(venv)],
-        [venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", lock_file],
+        [venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes"]
+        + ["-r", lock_file],
     ]
 
 
@@ -204,7 +206,9 @@ def make_venv(root=ROOT, python=None, uv=None, say=print):
     commands = venv_commands(root, interpreter, uv)
     if (Path(root) / ".venv" / "bin" / "python").exists():
         commands = commands[1:]  # keep it: install the locked versions into it
-    say(f"Creating .venv with {interpreter} from {DEV_LOCK} ({'uv' if uv else 'venv + pip'})")
+        say(f"Installing {DEV_LOCK} into the existing .venv ({'uv' if uv else 'pip'})")
+    else:
+        say(f"Creating .venv with {interpreter} from {DEV_LOCK} ({'uv' if uv else 'venv + pip'})")
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     for step, command in enumerate(commands, 1):
         say(f"  step {step}/{len(commands)}: {' '.join(map(str, command))}")
