@@ -1,4 +1,4 @@
-"""Finish the generated project: prune, secrets, virtualenv, Redis check.
+"""Finish the generated project: prune, lock, .env, virtualenv, Redis check.
 
 Runs inside the new project directory. Every step is a plain function so the
 template's tests can import and call it. Environment variables:
@@ -8,9 +8,9 @@ template's tests can import and call it. Environment variables:
   SOCKETSTACK_SYSTEM_REDIS_SOCKET=/path  the socket checked for redis=system
 """
 
+import importlib.util
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -49,88 +49,47 @@ def remove_unused_files(project_dir, context):
     return unused
 
 
-# (2) Secrets and paths -----------------------------------------------------
+# (2) Lock, .env and .venv: the project's own code (deploy/checkout.py) --------
 
 
-def redis_urls(project_dir, context, system_socket=SYSTEM_REDIS_SOCKET):
-    if context["redis"] == "system":
-        # One instance, two databases: FLUSHDB on the cache's db 0 spares the
-        # sessions in db 1, but eviction (maxmemory) is per instance.
-        return f"unix://{system_socket}?db=0", f"unix://{system_socket}?db=1"
-    run = project_dir / "run"
-    return f"unix://{run}/redis-cache.sock?db=0", f"unix://{run}/redis-sessions.sock?db=0"
+def load_checkout(project_dir):
+    """Import the generated deploy/checkout.py: `make env` and `make venv` run the same code."""
+    spec = importlib.util.spec_from_file_location("checkout", project_dir / "deploy" / "checkout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def env_file_text(project_dir, context, secret_key):
-    cache_url, sessions_url = redis_urls(project_dir, context)
-    return "\n".join(
-        [
-            "# Written by the post-gen hook for the local stack. Never commit it.",
-            "# The server gets its own, written by deploy/install.sh.",
-            f"DJANGO_SECRET_KEY={secret_key}",
-            "DJANGO_DEBUG=false",
-            # No TLS on 127.0.0.1: no SSL redirect, no Secure cookies, no HSTS.
-            "SITE_HTTPS=false",
-            f"DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost,{context['domain_name']}",
-            f"LOCAL_PORT={context['local_port']}",
-            f"REDIS_CACHE_URL={cache_url}",
-            f"REDIS_SESSIONS_URL={sessions_url}",
-            "",
-        ]
-    )
+def use_lock_for(project_dir, django_version):
+    """Keep the shipped lock files of the chosen Django version, drop the others."""
+    locks = project_dir / "locks"
+    for path in (locks / f"django-{django_version}").iterdir():
+        path.replace(project_dir / path.name)
+    shutil.rmtree(locks)
 
 
-def new_secret_key():
-    # 50+ characters from `secrets`, and never the django-insecure- prefix.
-    return secrets.token_urlsafe(60)
-
-
-def write_env_file(project_dir, context):
-    """Write .env with mode 0600; an existing one is kept as it is."""
-    path = project_dir / ".env"
-    if path.exists():
-        return path
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(env_file_text(project_dir, context, new_secret_key()))
-    return path
+def write_env_file(project_dir):
+    """Write .env (0600, a new key) unless one exists; return its path."""
+    checkout = load_checkout(project_dir)
+    try:
+        return checkout.write_env(project_dir)
+    except checkout.CheckoutError:
+        return project_dir / ".env"
 
 
 # (3) Virtualenv ---------------------------------------------------------------
 
 
-def venv_commands(project_dir, python, uv=None):
-    """The commands that create .venv and install the project into it."""
-    venv = project_dir / ".venv"
-    venv_python = venv / "bin" / "python"
-    if uv:
-        # --compile-bytecode: without .pyc files each gunicorn worker takes
-        # seconds to boot (this machine may set PYTHONDONTWRITEBYTECODE).
-        return [
-            [uv, "venv", "--quiet", "--python", python, str(venv)],
-            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(venv_python), "-e", ".[dev]"],
-        ]
-    return [
-        [python, "-m", "venv", str(venv)],
-        [str(venv_python), "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
-    ]
-
-
 def make_venv(project_dir, python):
-    """Create .venv with the chosen interpreter; return True on success."""
-    interpreter = shutil.which(python) or python
-    uv = shutil.which("uv")
-    commands = venv_commands(project_dir, interpreter, uv)
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
-    say(f"Creating .venv with {interpreter} ({'uv' if uv else 'venv + pip'})")
-    for step, command in enumerate(commands, 1):
-        say(f"  step {step}/{len(commands)}: {' '.join(command)}")
-        started = time.monotonic()
-        result = subprocess.run(command, cwd=project_dir, env=env)
-        if result.returncode != 0:
-            say(f"ERROR: .venv step {step} failed (exit {result.returncode}). Fix the error above, then `make venv`.")
-            return False
-        say(f"  done in {time.monotonic() - started:.1f} s")
+    """Create .venv from requirements-dev.lock; return True on success."""
+    checkout = load_checkout(project_dir)
+    started = time.monotonic()
+    try:
+        checkout.make_venv(project_dir, python, shutil.which("uv"), say=say)
+    except checkout.CheckoutError as exc:
+        say(f"ERROR: {exc}")
+        return False
+    say(f"  .venv ready in {time.monotonic() - started:.1f} s")
     return True
 
 
@@ -234,7 +193,7 @@ def check_redis(project_dir, context, system_socket=SYSTEM_REDIS_SOCKET):
 def next_steps(project_dir, context, venv_ok):
     steps = [f"cd {project_dir}"]
     if not venv_ok:
-        steps.append("make venv        # create .venv and install the project")
+        steps.append("make venv        # create .venv with the locked versions")
     steps += [
         "make up          # Redis, gunicorn and nginx under supervisord",
         f"open http://127.0.0.1:{context['local_port']}/",
@@ -250,7 +209,8 @@ def main():
     removed = remove_unused_files(project_dir, context)
     for path in removed:
         say(f"Removed {path.relative_to(project_dir)} (not used with these options)")
-    write_env_file(project_dir, context)
+    use_lock_for(project_dir, context["django_version"])
+    write_env_file(project_dir)
     say("Wrote .env (mode 0600) with a new SECRET_KEY: keep it out of version control")
 
     venv_ok = False

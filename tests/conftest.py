@@ -373,3 +373,20 @@ def django_python(project, combo):
         )
         (venv / ".complete").touch()
     return venv / "bin" / "python"
+
+
+def commit_and_clone(project):
+    """git init + commit a baked project, then clone it into a new short directory.
+
+    The clone is what a teammate, CI or a server gets: no .env, .venv or run/.
+    """
+    require("git")
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    run([*git, "init", "-q", "-b", "main"], project)
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-q", "-m", "Baked"], project)
+    clone = short_output_dir("clone") / project.name
+    run([*git, "clone", "-q", str(project), str(clone)], project.parent)
+    for name in (".env", ".venv", "run"):
+        assert not (clone / name).exists(), f"{name} was committed"
+    return clone

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOOLS, bake, context_for, project_processes, require, run
+from conftest import TOOLS, bake, commit_and_clone, context_for, project_processes, require, run
 
 DOMAIN = "socketstack.test"
 # Real installs: one per Redis choice, and Django 6.1 with the other values of
@@ -246,17 +246,17 @@ def server(request, cookies_session, tmp_path_factory):
         pytest.fail(f"/webapps/{slug} or its supervisor program exists already: run its deploy/uninstall.sh first")
     nginx_before, supervisord_before = nginx_running(), supervisord_running()
     redis_before = system_redis_running()
-    project = bake(cookies_session, domain_name=DOMAIN, **choices)
-    assert project.name == slug
+    baked = bake(cookies_session, domain_name=DOMAIN, **choices)
+    assert baked.name == slug
+    # install.sh runs from a fresh git clone, as on a server: no .env, no
+    # .venv, and a .git directory that must never be served.
+    project = commit_and_clone(baked)
     python = None
     if choices.get("django_version", "5.2") != "5.2":
         python = python_outside_root(context_for(**choices)["python"], Path(tempfile.mkdtemp(prefix="sst-py-")))
     if nginx_before is None and request.param != sorted(SERVERS)[0]:
         subprocess.run(["nginx"], check=True, capture_output=True)
         assert nginx_running()
-    # A checkout has a .git directory: it must never be served.
-    (project / ".git").mkdir()
-    (project / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
     deployed = Server(project, tmp_path_factory.mktemp("deploy"), choices, python)
     try:
         deployed.install("first run")
@@ -569,3 +569,24 @@ def test_unknown_argument_is_refused(cookies_session):
     result = run([project / "deploy" / "install.sh", "--frobnicate"], project, check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("install.sh: ERROR: unknown argument '--frobnicate'")
+
+
+def test_stale_lock_stops_before_touching_the_server(cookies_session):
+    """pyproject.toml changed after the lock: install.sh names the lock and changes nothing."""
+    require_root()
+    slug = "sst_stale_lock"
+    project = commit_and_clone(bake(cookies_session, project_slug=slug, domain_name=DOMAIN))
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"gunicorn>=25.1",', '"gunicorn>=25.1",\n    "requests>=2",'))
+    before = sorted(path.name for path in Path("/etc/nginx/sites-available").iterdir())
+    result = run([project / "deploy" / "install.sh"], project, check=False)
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).splitlines()
+    assert lines[0].startswith(
+        f"install.sh: ERROR: {project}/requirements.lock: does not match the dependencies in pyproject.toml"
+    ), lines
+    assert "make lock" in lines[0] and len(lines) == 1
+    assert not Path(f"/webapps/{slug}").exists()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(slug)
+    assert sorted(path.name for path in Path("/etc/nginx/sites-available").iterdir()) == before

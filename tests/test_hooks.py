@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bake, load_hook, require
+from conftest import TEMPLATE, bake, load_hook, require
 
 pre = load_hook("pre_gen_project")
 post = load_hook("post_gen_project")
@@ -78,32 +78,41 @@ CONTEXT = {
 }
 
 
-def test_env_file_is_0600_with_fresh_key_and_never_overwritten(tmp_path):
-    path = post.write_env_file(tmp_path, CONTEXT)
+def load_checkout():
+    """The generated deploy/checkout.py, straight from the template (valid Python before rendering)."""
+    import importlib.util
+
+    path = TEMPLATE / "{{cookiecutter.project_slug}}" / "deploy" / "checkout.py"
+    spec = importlib.util.spec_from_file_location("checkout", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_env_file_is_0600_with_fresh_key_no_path_and_never_overwritten(tmp_path):
+    checkout = load_checkout()
+    path = checkout.write_env(tmp_path)
     assert path.stat().st_mode & 0o777 == 0o600
     first = path.read_text()
     key = next(line for line in first.splitlines() if line.startswith("DJANGO_SECRET_KEY=")).split("=", 1)[1]
     assert len(key) >= 50 and len(set(key)) >= 5
-    post.write_env_file(tmp_path, CONTEXT)
+    # No path at all: settings.py derives the sockets from the project's place.
+    assert [line for line in first.splitlines() if "/" in line and not line.startswith("#")] == []
+    with pytest.raises(checkout.CheckoutError, match=rf"^{path}: exists, kept as it is"):
+        checkout.write_env(tmp_path)
     assert path.read_text() == first
-    assert post.new_secret_key() != post.new_secret_key()
+    assert checkout.new_secret_key() != checkout.new_secret_key()
 
 
-def test_redis_urls_for_each_mode(tmp_path):
-    cache, sessions = post.redis_urls(tmp_path, CONTEXT)
-    assert cache == f"unix://{tmp_path}/run/redis-cache.sock?db=0"
-    assert sessions == f"unix://{tmp_path}/run/redis-sessions.sock?db=0"
-    cache, sessions = post.redis_urls(tmp_path, {**CONTEXT, "redis": "system"}, "/x/redis.sock")
-    assert (cache, sessions) == ("unix:///x/redis.sock?db=0", "unix:///x/redis.sock?db=1")
-
-
-def test_venv_commands_prefer_uv_and_compile_bytecode(tmp_path):
-    with_uv = post.venv_commands(tmp_path, "/usr/bin/python3", uv="/bin/uv")
-    assert with_uv[0][:2] == ["/bin/uv", "venv"]
-    assert "--compile-bytecode" in with_uv[1]
-    without = post.venv_commands(tmp_path, "/usr/bin/python3")
+def test_venv_commands_install_the_lock_prefer_uv_and_compile_bytecode(tmp_path):
+    checkout = load_checkout()
+    lock = str(tmp_path / "requirements-dev.lock")
+    with_uv = checkout.venv_commands(tmp_path, "/usr/bin/python3", uv="/bin/uv")
+    assert with_uv[0][:2] == ["/bin/uv", "venv"] and "--relocatable" in with_uv[0]
+    assert "--compile-bytecode" in with_uv[1] and with_uv[1][-2:] == ["-r", lock]
+    without = checkout.venv_commands(tmp_path, "/usr/bin/python3")
     assert without[0] == ["/usr/bin/python3", "-m", "venv", str(tmp_path / ".venv")]
-    assert without[1][-2:] == ["-e", ".[dev]"]
+    assert without[1][-2:] == ["-r", lock]
 
 
 def test_remove_unused_files(tmp_path):
@@ -207,7 +216,7 @@ def test_hooks_are_valid_python_before_rendering():
 def test_template_code_is_ruff_clean():
     """The hooks and these tests follow the same rules as the generated code."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    for command in ([ruff, "check", "hooks", "tests"], [ruff, "format", "--check", "hooks", "tests"]):
+    for command in ([ruff, "check", "hooks", "tests", "tools"], [ruff, "format", "--check", "hooks", "tests", "tools"]):
         result = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 

@@ -275,7 +275,7 @@ def start_gunicorn(entry, port):
         **entry["env"],
     }
     command = [
-        local_stack.venv_bin("gunicorn"),
+        *local_stack.venv_tool("gunicorn"),
         "--config",
         str(ROOT / "deploy" / "gunicorn.conf.py"),
         "--bind",

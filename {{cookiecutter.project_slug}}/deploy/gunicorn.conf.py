@@ -23,7 +23,7 @@ wsgi_app = "{{ cookiecutter.project_slug }}.wsgi:application"
 # settings and code are imported by each worker, so HUP still loads new code.
 # The master keeps what it imported at its start: after upgrading Django,
 # django-redis or redis, restart gunicorn instead of HUP (deploy/install.sh
-# does when pyproject.toml changed).
+# does when requirements.lock changed).
 for _module in ("django.core.handlers.wsgi", "django.db.models", "django.contrib.admin", "django_redis.cache", "redis"):
     try:
         __import__(_module)

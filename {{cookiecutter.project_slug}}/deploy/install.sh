@@ -7,7 +7,9 @@
 #
 # Safe to run again (after `git pull`): it syncs the code, migrates, collects
 # static files, reloads gunicorn gracefully (HUP) and nginx, and keeps the env
-# file, so nobody is logged out. Settings (environment variables):
+# file, so nobody is logged out. It installs requirements.lock, the versions
+# the tests ran, and stops first when that lock is older than pyproject.toml.
+# Settings (environment variables):
 #   DOMAIN=...     the site's name          (default: {{ cookiecutter.domain_name }})
 #   APP_ROOT=...   where the app lives      (default: /webapps/{{ cookiecutter.project_slug }})
 #   PYTHON=...     interpreter for the venv (default: the first of /usr/bin/python3,
@@ -153,6 +155,7 @@ preflight() {
     [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
     [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
         fail "$SRC does not look like the project: run deploy/install.sh from a checkout of it."
+    check_lock
     trap on_error ERR
     echo "install.sh: $SLUG for https://$DOMAIN/ in $APP_ROOT (from $SRC)"
     if has_systemd; then
@@ -160,6 +163,19 @@ preflight() {
     else
         echo "install.sh: services: no systemd (container or CI): service(8), or the daemons started directly"
     fi
+}
+
+check_lock() {
+    # The server runs exactly the versions of requirements.lock, the ones the
+    # tests ran: a lock older than pyproject.toml stops here, before any change.
+    local python message
+    python="$(command -v python3 || true)"
+    if [ -z "$python" ]; then
+        LOCK_CHECK_LATER=yes # no python3 yet: checked once the packages are in
+        return 0
+    fi
+    message="$("$python" "$SRC/deploy/checkout.py" check-lock 2>&1)" || fail "$SRC/${message:-requirements.lock: cannot be checked against pyproject.toml}"
+    LOCK_CHECK_LATER=no
 }
 
 install_packages() {
@@ -265,14 +281,16 @@ make_venv() {
         "$python" -m venv "$VENV"
         HINT="see pip's error above; a broken venv is rebuilt if you delete $VENV."
     fi
-    # Reinstall only when the dependencies changed: a second run stays fast.
-    want="$(sha256sum "$APP_ROOT/pyproject.toml" | cut -d' ' -f1)"
-    stamp="$VENV/.socketstack-pyproject.sha256"
+    # Exactly the locked versions (every file's hash checked), and only when
+    # the lock changed: a second run stays fast.
+    want="$(sha256sum "$APP_ROOT/requirements.lock" | cut -d' ' -f1)"
+    stamp="$VENV/.socketstack-lock.sha256"
     if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        say "dependencies unchanged since the last install"
+        say "requirements.lock unchanged since the last install"
     else
-        say "pip install -e $APP_ROOT"
-        (cd "$APP_ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .)
+        say "pip install --require-hashes -r requirements.lock"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+            -r "$APP_ROOT/requirements.lock"
         DEPS_CHANGED=yes
         echo "$want" >"$stamp"
     fi
@@ -718,6 +736,7 @@ step_letsencrypt() {
 main() {
     preflight
     install_packages
+    if [ "${LOCK_CHECK_LATER:-no}" = yes ]; then check_lock; fi
     create_user
     make_layout
     sync_code

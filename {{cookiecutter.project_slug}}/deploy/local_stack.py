@@ -155,8 +155,10 @@ def remove_stale_files(root=ROOT):
     shutil.rmtree(root / "var" / "nginx-cache", ignore_errors=True)
 
 
-def venv_bin(name, root=ROOT):
-    return str(root / ".venv" / "bin" / name)
+def venv_tool(module, root=ROOT):
+    # `python -m`, not the .venv/bin script: a script's #! line holds the path
+    # where .venv was made, and the project folder may have moved since.
+    return [str(root / ".venv" / "bin" / "python"), "-m", module]
 
 
 def supervisor_env():
@@ -171,14 +173,16 @@ def manage(*args, root=ROOT):
 
 def start_or_update(root=ROOT, nginx_changed=False):
     if supervisor_running(root):
-        ctl = [venv_bin("supervisorctl", root), "-c", str(SUPERVISOR_CONF)]
+        ctl = [*venv_tool("supervisor.supervisorctl", root), "-c", str(SUPERVISOR_CONF)]
         subprocess.run([*ctl, "update"], check=True, env=supervisor_env(), stdout=subprocess.DEVNULL)
         subprocess.run([*ctl, "start", "all"], env=supervisor_env(), stdout=subprocess.DEVNULL)
         if nginx_changed:
             rpc(root).supervisor.signalProcess(f"{SLUG}:{SLUG}-nginx", "HUP")
         return "updated"
     remove_stale_files(root)
-    subprocess.run([venv_bin("supervisord", root), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env())
+    subprocess.run(
+        [*venv_tool("supervisor.supervisord", root), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env()
+    )
     return "started"
 
 

@@ -1,10 +1,12 @@
 """Start two real redis-server processes on temporary unix sockets.
 
 The tests use the project's own Redis configs (deploy/redis/) where they
-exist, and point both cache aliases at them for the whole session.
+exist, and point both cache aliases at them for the whole session. They need
+no .env: the secret is a throwaway one too.
 """
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """A throwaway secret for the whole run: a clone or CI has no .env, and the
+    tests never need the developer's key."""
+    from django.conf import settings
+
+    settings.SECRET_KEY = "test-only-" + secrets.token_urlsafe(40)
 
 
 def redis_ping(path):
@@ -66,9 +76,8 @@ def redis_servers(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _use_test_redis(redis_servers, settings):
     """Point the cache aliases at the test servers and start each test empty."""
-    # Tests run without TLS and may run without a .env file.
+    # Tests run without TLS.
     settings.SECURE_SSL_REDIRECT = False
-    settings.SECRET_KEY = settings.SECRET_KEY or "test-only-" + "x1y2z3" * 10
     # No collectstatic before tests: plain storage needs no manifest.
     settings.STORAGES = {
         **settings.STORAGES,

@@ -2,9 +2,9 @@
 
 One settings module for every place the project runs. Everything that differs
 between the local stack, the tests and the server comes from the environment,
-loaded from the .env file next to manage.py (written by the post-gen hook and
-by deploy/install.sh, never committed). The defaults are the production ones:
-a missing variable makes the site stricter, not looser.
+loaded from the .env file next to manage.py (written by `make env`, which the
+post-gen hook runs, or by deploy/install.sh; never committed). The defaults
+are the production ones: a missing variable makes the site stricter, not looser.
 """
 
 from pathlib import Path
@@ -84,8 +84,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # cache.clear() -- a FLUSHDB -- or a full cache can never log anyone out, and
 # its errors are raised, because Django's session code must see them.
 # Unix socket URLs look like unix:///path/to/redis.sock?db=0.
+{%- if cookiecutter.redis == "system" %}
+# Debian's redis-server: one instance, the cache in db 0, the sessions in db 1.
+REDIS_CACHE_URL = env.get_str("REDIS_CACHE_URL", "unix:///run/redis/redis-server.sock?db=0")
+REDIS_SESSIONS_URL = env.get_str("REDIS_SESSIONS_URL", "unix:///run/redis/redis-server.sock?db=1")
+{%- else %}
 REDIS_CACHE_URL = env.get_str("REDIS_CACHE_URL", f"unix://{RUN_DIR}/redis-cache.sock?db=0")
 REDIS_SESSIONS_URL = env.get_str("REDIS_SESSIONS_URL", f"unix://{RUN_DIR}/redis-sessions.sock?db=0")
+{%- endif %}
 REDIS_OPTIONS = {
     # A local socket answers in microseconds; a second means Redis is stuck.
     "SOCKET_CONNECT_TIMEOUT": 1,
