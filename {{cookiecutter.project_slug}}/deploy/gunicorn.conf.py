@@ -32,11 +32,14 @@ for _module in ("django.core.handlers.wsgi", "django.db.models", "django.contrib
 
 chdir = str(root)
 
-# nginx talks to gunicorn over this socket. umask 007 makes it 0770: the app
-# user and its group (which nginx's user joins on the server) may connect,
-# nobody else may.
+# nginx talks to gunicorn over this socket. Locally umask 007 makes it 0770:
+# you and your group may connect. On the server deploy/install.sh sets
+# GUNICORN_UMASK=000: the socket is 0777 and its directory is the gate,
+# run/ being 0710 with group <slug>-web, which only nginx's user joins; so
+# nginx need not join the app's group (which reads .env and var/). The umask
+# applies to the bound socket only; the Redis sockets in run/ are 0700.
 bind = [f"unix:{run_dir}/gunicorn.sock"]
-umask = 0o007
+umask = int(os.environ.get("GUNICORN_UMASK", "007"), 8)
 # gunicornc's control socket: by default it lands in $HOME, which supervisor
 # does not change per program, so two apps would share one. Keep it here.
 control_socket = str(run_dir / "gunicorn.ctl")
