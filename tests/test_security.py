@@ -8,12 +8,16 @@ on the server shares Debian's instance, which the README says.
 """
 
 import json
+import re
+import statistics
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import bake, require
-from test_deploy import Server, nginx_running, require_root, supervisord_running, wait_gone
+from test_deploy import ADMIN_PASSWORD, Server, nginx_running, require_root, supervisord_running, wait_gone
 
 SITES = {"sst_sec_a": "a.socketstack.test", "sst_sec_b": "b.socketstack.test"}
 
@@ -153,6 +157,130 @@ def test_accounts_and_groups(sites):
         assert site.slug not in groups
         app_groups = subprocess.run(["id", "-nG", site.slug], capture_output=True, text=True).stdout.split()
         assert app_groups == [site.slug], app_groups
+
+
+# The edge decides what the app sees ---------------------------------------------
+
+
+def gunicorn_log_line(site, marker):
+    log = site.app_root / "logs" / "gunicorn.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if marker in line]
+        if lines:
+            return lines[-1]
+        time.sleep(0.1)
+    pytest.fail(f"no line with {marker} in {log}")
+
+
+def test_x_forwarded_for_is_set_at_the_edge(sites):
+    site = sites["sst_sec_a"]
+    marker = f"xff-{time.time_ns()}"
+    status, _, _ = site.get(f"/healthz?{marker}", "-H", "X-Forwarded-For: 6.6.6.6", jar=False)
+    assert status == 200
+    line = gunicorn_log_line(site, marker)
+    assert line.split()[0] == "127.0.0.1" and "6.6.6.6" not in line, line
+
+
+def test_absolute_uri_and_foreign_host_header(sites):
+    site = sites["sst_sec_a"]
+    # The request line names this site, the Host header another: Django sees
+    # this site (nginx's $host), not a Host that ALLOWED_HOSTS refuses (400).
+    code, status, _, body = site.curl(
+        f"https://{site.domain}/", "--http1.1", "--request-target", f"https://{site.domain}/healthz",
+        "-H", "Host: evil.test", jar=False,
+    )  # fmt: skip
+    assert (code, status) == (0, 200), body[:300]
+    # A foreign host in the request line: the catch-all, no answer, no Django.
+    code, status, _, _ = site.curl(
+        f"https://{site.domain}/", "--http1.1", "--request-target", "https://evil.test/healthz", jar=False
+    )
+    assert (code, status) == (52, 0)
+    assert "evil.test" not in (site.app_root / "logs" / "gunicorn.log").read_text(errors="replace")
+
+
+def create_admin(site):
+    site.manage(
+        "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
+    )  # fmt: skip
+
+
+def login_post(site, token, password, *args):
+    """(curl exit code, status, body) of one admin login POST, without the cookie jar."""
+    code, status, _, body = site.curl(
+        f"https://{site.domain}/admin/login/?next=/admin/",
+        "-b", f"csrftoken={token}",
+        "-H", f"Referer: https://{site.domain}/admin/login/",
+        "--data-urlencode", f"csrfmiddlewaretoken={token}",
+        "--data-urlencode", "username=admin",
+        "--data-urlencode", f"password={password}",
+        *args, jar=False,
+    )  # fmt: skip
+    return code, status, body
+
+
+def csrf_token(site, *args):
+    code, status, headers, form = site.curl(f"https://{site.domain}/admin/login/", *args, jar=False)
+    assert (code, status) == (0, 200)
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+
+
+def test_host_case_and_port_do_not_reach_django(sites):
+    """Django sees the lowercase host without the port: its CSRF check passes."""
+    site = sites["sst_sec_b"]
+    create_admin(site)
+    token = csrf_token(site)
+    code, status, body = login_post(site, token, ADMIN_PASSWORD, "-H", f"Host: {site.domain.upper()}:99999")
+    assert (code, status) == (0, 302), body[:500]
+
+
+# Login rate limit ----------------------------------------------------------------
+
+
+def healthz_seconds(site, count):
+    times = []
+    for _ in range(count):
+        result = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "--cacert", str(site.cert),
+             "--resolve", f"{site.domain}:443:127.0.0.1", f"https://{site.domain}/healthz"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        status, seconds = result.stdout.split()
+        assert status == "200"
+        times.append(float(seconds))
+    return times
+
+
+def p99(times):
+    times = sorted(times)
+    return times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def test_login_burst_gets_429_and_other_addresses_log_in(sites):
+    site = sites["sst_sec_a"]
+    create_admin(site)
+    attacker, user = "127.0.0.3", "127.0.0.2"
+    token = csrf_token(site, "--interface", attacker)
+    before = healthz_seconds(site, 60)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        burst = [pool.submit(login_post, site, token, "wrong-password", "--interface", attacker) for _ in range(40)]
+        during = healthz_seconds(site, 60)
+        results = [future.result() for future in burst]
+    statuses = [status for _, status, _ in results]
+    limited = statuses.count(429)
+    print(f"login burst: 40 wrong logins from one address, {limited} x 429, {statuses.count(200)} reached Django")
+    print(f"/healthz p99 before {p99(before) * 1000:.0f} ms, during the burst {p99(during) * 1000:.0f} ms; "
+          f"median {statistics.median(before) * 1000:.0f} -> {statistics.median(during) * 1000:.0f} ms")  # fmt: skip
+    assert set(statuses) <= {200, 429}, statuses
+    assert limited >= 30, statuses
+    assert "Too many attempts" in next(body for _, status, body in results if status == 429)
+    # Another address logs in at once; the attacker's, even with the password, waits.
+    assert login_post(site, csrf_token(site, "--interface", user), ADMIN_PASSWORD, "--interface", user)[1] == 302
+    assert login_post(site, token, ADMIN_PASSWORD, "--interface", attacker)[1] == 429
+    # Loose on purpose (a shared machine): the few attempts that pass (1 + burst)
+    # may slow the first /healthz requests; the rest answer as before.
+    assert statistics.median(during) < max(0.25, 5 * statistics.median(before)), during
 
 
 def test_uninstall_removes_the_web_group(sites):

@@ -156,4 +156,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.get_str("DJANGO_LOG_LEVEL", "INFO")},
+    # A Host that ALLOWED_HOSTS refuses is logged, never mailed to ADMINS:
+    # anyone can send one, so each would be an email on demand.
+    "loggers": {"django.security.DisallowedHost": {"handlers": ["console"], "propagate": False}},
 }
