@@ -485,13 +485,17 @@ certificate() {
     fi
     CERT="$SELF_SIGNED_DIR/fullchain.pem"
     KEY="$SELF_SIGNED_DIR/privkey.pem"
-    if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null; then
+    # An older install's placeholder was a CA certificate (CA:TRUE): replaced.
+    if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null &&
+        openssl x509 -noout -ext basicConstraints -in "$CERT" 2>/dev/null | grep -q "CA:FALSE"; then
         say "certificate: self-signed ($CERT), until certbot gets a real one (see the README)"
         return
     fi
     install -d -m 0755 "$SELF_SIGNED_DIR"
     openssl req -x509 -newkey rsa:2048 -nodes -days 90 -subj "/CN=$DOMAIN" \
-        -addext "subjectAltName=DNS:$DOMAIN" -keyout "$KEY.new" -out "$CERT.new" 2>/dev/null
+        -addext "subjectAltName=DNS:$DOMAIN" -addext "basicConstraints=critical,CA:FALSE" \
+        -addext "keyUsage=critical,digitalSignature,keyEncipherment" -addext "extendedKeyUsage=serverAuth" \
+        -keyout "$KEY.new" -out "$CERT.new" 2>/dev/null
     chmod 0600 "$KEY.new"
     mv "$KEY.new" "$KEY"
     mv "$CERT.new" "$CERT"
