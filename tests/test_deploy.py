@@ -63,7 +63,8 @@ def test_nginx_accepts_server_site(cookies_session, tmp_path, combo):
     assert "listen 443 ssl http2;" in text and f"server_name {DOMAIN};" in text
     assert f"include {locations};" in text
     assert f"server unix:{app_root}/run/gunicorn.sock" in text
-    assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains; preload" always' in text
+    # preload is opt-in (README, "Security").
+    assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains" always' in text
     # The locations must not add headers: that would drop HSTS there.
     directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]
     assert not any("add_header" in line for line in directives)
@@ -314,7 +315,7 @@ def test_security_headers_on_pages_and_static_files(server):
     hashed = re.search(r'"admin/css/base\.css": "([^"]+)"', manifest.read_text()).group(1)
     for path in ("/", "/healthz", f"/static/{hashed}", "/static/admin/css/base.css", "/no-such-page"):
         _, headers, _ = server.get(path)
-        assert headers.get("strict-transport-security") == ["max-age=31536000; includeSubDomains; preload"], path
+        assert headers.get("strict-transport-security") == ["max-age=31536000; includeSubDomains"], path
         assert headers.get("x-content-type-options") == ["nosniff"], path
         assert headers.get("referrer-policy") == ["same-origin"], path
         assert headers.get("server") == ["nginx"], path  # server_tokens off: no version
