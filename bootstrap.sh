@@ -16,6 +16,7 @@ PACKAGES=(
     openssl
     python3-venv
     wrk
+    chromium
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }
