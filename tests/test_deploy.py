@@ -12,6 +12,7 @@ The server site of every option combination is rendered and checked with
 `nginx -t` and gixy without installing anything, in test_matrix.py.
 """
 
+import grp
 import os
 import pwd
 import re
@@ -79,8 +80,10 @@ def wait_gone(pid, timeout=30):
 class Server:
     """A baked project installed by deploy/install.sh, reached with curl."""
 
-    def __init__(self, project, workdir, choices, python=None):
+    def __init__(self, project, workdir, choices, python=None, domain=DOMAIN):
         self.project = project
+        self.domain = domain
+        self.cert = Path("/etc/ssl/socketstack") / domain / "fullchain.pem"
         self.slug = project.name
         self.app_root = Path("/webapps") / self.slug
         self.redis = choices["redis"]
@@ -115,13 +118,14 @@ class Server:
     def uninstall(self, *args):
         return run([self.project / "deploy" / "uninstall.sh", *args], self.project, timeout=300, check=False)
 
-    def curl(self, url, *args, host=DOMAIN, jar=True):
+    def curl(self, url, *args, host=None, jar=True):
         """(curl exit code, status, headers as lowercase name -> [values], body)."""
+        host = host or self.domain
         headers_file = self.workdir / "headers.txt"
         body_file = self.workdir / "body.txt"
         headers_file.unlink(missing_ok=True)
         body_file.unlink(missing_ok=True)
-        command = ["curl", "-sS", "--max-time", "15", "--cacert", str(CERT), "-D", str(headers_file),
+        command = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.cert), "-D", str(headers_file),
                    "-o", str(body_file), "-w", "%{http_code}",
                    "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
         if jar:
@@ -138,8 +142,8 @@ class Server:
         return result.returncode, status, headers, body
 
     def get(self, path, *args, **kwargs):
-        code, status, headers, body = self.curl(f"https://{DOMAIN}{path}", *args, **kwargs)
-        assert code == 0, f"curl https://{DOMAIN}{path} failed with exit code {code}"
+        code, status, headers, body = self.curl(f"https://{self.domain}{path}", *args, **kwargs)
+        assert code == 0, f"curl https://{self.domain}{path} failed with exit code {code}"
         return status, headers, body
 
     def login(self, password=ADMIN_PASSWORD):
@@ -148,8 +152,8 @@ class Server:
         assert status == 200, form[:500]
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
         code, status, headers, body = self.curl(
-            f"https://{DOMAIN}/admin/login/?next=/admin/",
-            "-H", f"Referer: https://{DOMAIN}/admin/login/",
+            f"https://{self.domain}/admin/login/?next=/admin/",
+            "-H", f"Referer: https://{self.domain}/admin/login/",
             "--data-urlencode", f"csrfmiddlewaretoken={token}",
             "--data-urlencode", "username=admin",
             "--data-urlencode", f"password={password}",
@@ -309,7 +313,8 @@ def test_http_redirects_to_https_except_acme(server):
     challenge.mkdir(parents=True, exist_ok=True)
     (challenge / "token123").write_text("proof")
     for path in (challenge.parent, challenge, challenge / "token123"):
-        shutil.chown(path, "root", server.slug)
+        # var/acme/ is nginx's (group <slug>-web), like certbot's files in it.
+        shutil.chown(path, "root", f"{server.slug}-web")
         path.chmod(0o750 if path.is_dir() else 0o640)
     code, status, _, body = server.curl(f"http://{DOMAIN}/.well-known/acme-challenge/token123")
     assert (code, status, body) == (0, 200, "proof")
@@ -320,7 +325,7 @@ def test_security_headers_on_pages_and_static_files(server):
     hashed = re.search(r'"admin/css/base\.css": "([^"]+)"', manifest.read_text()).group(1)
     for path in ("/", "/healthz", f"/static/{hashed}", "/static/admin/css/base.css", "/no-such-page"):
         _, headers, _ = server.get(path)
-        assert headers.get("strict-transport-security") == ["max-age=31536000; includeSubDomains; preload"], path
+        assert headers.get("strict-transport-security") == ["max-age=31536000; includeSubDomains"], path
         assert headers.get("x-content-type-options") == ["nosniff"], path
         assert headers.get("referrer-policy") == ["same-origin"], path
         assert headers.get("server") == ["nginx"], path  # server_tokens off: no version
@@ -386,7 +391,8 @@ def test_env_file_and_layout_permissions(server):
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert values["DJANGO_DEBUG"] == "false" and values["SITE_HTTPS"] == "true"
     assert values["DJANGO_ALLOWED_HOSTS"] == DOMAIN
-    assert server.app_root.stat().st_mode & 0o007 == 0
+    # Others may traverse the app root (nginx's way to static/ and run/), not list it.
+    assert server.app_root.stat().st_mode & 0o007 == 0o001
     app = pwd.getpwnam(server.slug)
     # The app user writes its runtime directories, not its code.
     assert (server.app_root / "run").stat().st_uid == app.pw_uid
@@ -419,7 +425,12 @@ def test_sockets_closed_to_others(server):
         assert "redis" in subprocess.run(["id", "-nG", server.slug], capture_output=True, text=True).stdout.split()
     for path in sockets:
         assert path.stat().st_mode & 0o007 == 0, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
-    # nginx's user reaches gunicorn through the app's group; nobody else does.
+    # 770 and a group (never 777): the one group nginx's user joins.
+    gunicorn_sock = (server.app_root / "run" / "gunicorn.sock").stat()
+    assert gunicorn_sock.st_mode & 0o777 == 0o770
+    assert grp.getgrgid(gunicorn_sock.st_gid).gr_name == f"{server.slug}-web"
+    assert (server.app_root / "run").stat().st_mode & 0o007 == 0
+    # nginx's user reaches gunicorn through group <slug>-web; nobody else does.
     assert connect_as("www-data", server.app_root / "run" / "gunicorn.sock").returncode == 0
     denied = connect_as("nobody", server.app_root / "run" / "gunicorn.sock")
     assert denied.returncode != 0 and "PermissionError" in denied.stderr

@@ -5,6 +5,7 @@ works wherever the project lives; APP_ROOT overrides it. Check it with
 `gunicorn --check-config -c deploy/gunicorn.conf.py`.
 """
 
+import grp
 import os
 from pathlib import Path
 
@@ -33,10 +34,22 @@ for _module in ("django.core.handlers.wsgi", "django.db.models", "django.contrib
 chdir = str(root)
 
 # nginx talks to gunicorn over this socket. umask 007 makes it 0770: the app
-# user and its group (which nginx's user joins on the server) may connect,
-# nobody else may.
+# user and the socket's group may connect, nobody else may. Locally the group
+# is yours. On the server deploy/install.sh sets GUNICORN_SOCKET_GROUP to
+# <slug>-web, the one group nginx's user joins (the app's own group reads
+# .env and var/): when_ready below hands the socket to it.
 bind = [f"unix:{run_dir}/gunicorn.sock"]
 umask = 0o007
+
+
+def when_ready(server):
+    group = os.environ.get("GUNICORN_SOCKET_GROUP")
+    if group:
+        # The app user is a member of that group, so it may chown to it.
+        os.chown(run_dir / "gunicorn.sock", -1, grp.getgrnam(group).gr_gid)
+        server.log.info("gunicorn.sock: group %s, mode 0770", group)
+
+
 # gunicornc's control socket: by default it lands in $HOME, which supervisor
 # does not change per program, so two apps would share one. Keep it here.
 control_socket = str(run_dir / "gunicorn.ctl")

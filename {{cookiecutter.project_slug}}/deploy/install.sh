@@ -32,6 +32,9 @@ MIN_PYTHON="{{ '3.10' if cookiecutter.django_version == '5.2' else '3.12' }}"
 DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
 APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"
 APP_USER="$SLUG"
+# nginx's user joins only this group: it owns the gate to run/ (gunicorn.sock),
+# static/, media/, var/acme/ and the 50x page, nothing else of the app.
+WEB_GROUP="$SLUG-web"
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$APP_ROOT/.venv"
 ENV_FILE="$APP_ROOT/.env"
@@ -95,8 +98,8 @@ validate_input() {
     local longest="$APP_ROOT/run/redis-sessions.sock"
     [ "$(printf %s "$longest" | wc -c)" -le 107 ] ||
         fail "APP_ROOT='$APP_ROOT' is too long: $longest exceeds the 107-byte limit of unix socket paths. Use a shorter APP_ROOT."
-    [ "$(printf %s "$APP_USER" | wc -c)" -le 32 ] ||
-        fail "the project slug '$SLUG' is longer than 32 characters, the limit for a Linux user name: bake the project with a shorter slug."
+    [ "$(printf %s "$WEB_GROUP" | wc -c)" -le 32 ] ||
+        fail "the project slug '$SLUG' is longer than 28 characters: the group '$WEB_GROUP' would exceed the 32-character limit of Linux group names. Bake the project with a shorter slug."
 }
 
 validate_acme() {
@@ -199,6 +202,10 @@ create_user() {
         groupadd --system "$APP_USER"
         say "group $APP_USER created"
     fi
+    if ! getent group "$WEB_GROUP" >/dev/null; then
+        groupadd --system "$WEB_GROUP"
+        say "group $WEB_GROUP created (nginx's way in: the socket, static/, media/)"
+    fi
     if ! id -u "$APP_USER" >/dev/null 2>&1; then
         useradd --system --gid "$APP_USER" --home-dir "$APP_ROOT" --no-create-home \
             --shell /usr/sbin/nologin --comment "$SLUG web application" "$APP_USER"
@@ -206,22 +213,34 @@ create_user() {
     else
         say "user $APP_USER exists"
     fi
+    # gunicorn (as the app user) hands its socket to this group: chown needs membership.
+    usermod -a -G "$WEB_GROUP" "$APP_USER"
 }
 
 make_layout() {
     step "App root $APP_ROOT" "check that $(dirname "$APP_ROOT") is a local, writable file system."
-    # dir mode owner: the app user writes only run/, var/*, static/, media/.
+    # dir:mode:owner:group. The app user writes only run/, var/*, static/, media/.
+    # Others (nginx's user among them) may only traverse the app root and var/:
+    # everything below is closed to them except through group $WEB_GROUP, which
+    # nginx's user joins: run/ (0710, so it reaches gunicorn.sock but cannot
+    # list run/; the Redis sockets are 0700), static/, media/ and var/acme/
+    # (setgid, so new files keep the group). See the README, "What lives where".
     local spec
     for spec in \
-        ".:0750:root" "logs:0750:root" "var:0750:root" "var/acme:0750:root" \
-        "run:0750:$APP_USER" "var/db:0750:$APP_USER" "var/redis-cache:0750:$APP_USER" \
-        "var/redis-sessions:0750:$APP_USER" "static:0750:$APP_USER" "media:0750:$APP_USER"; do
-        IFS=: read -r dir mode owner <<<"$spec"
-        install -d -m "$mode" -o "$owner" -g "$APP_USER" "$APP_ROOT/$dir"
+        ".:0751:root:$APP_USER" "logs:0750:root:$APP_USER" "var:0751:root:$APP_USER" \
+        "var/acme:2750:root:$WEB_GROUP" "run:0710:$APP_USER:$WEB_GROUP" \
+        "var/db:0750:$APP_USER:$APP_USER" "var/redis-cache:0750:$APP_USER:$APP_USER" \
+        "var/redis-sessions:0750:$APP_USER:$APP_USER" "static:2750:$APP_USER:$WEB_GROUP" \
+        "media:2750:$APP_USER:$WEB_GROUP"; do
+        IFS=: read -r dir mode owner group <<<"$spec"
+        install -d -m "$mode" -o "$owner" -g "$group" "$APP_ROOT/$dir"
     done
+    # An app root from before the split had these in group $APP_USER.
+    find "$APP_ROOT/static" "$APP_ROOT/media" "$APP_ROOT/var/acme" ! -group "$WEB_GROUP" \
+        -exec chgrp -h "$WEB_GROUP" {} + -exec chmod g+rX {} +
     [ -f "$MARKER" ] || printf 'socketstack app root of %s; deploy/uninstall.sh deletes this directory\n' "$SLUG" >"$MARKER"
     say "code, .venv, logs/ and var/ owned by root; run/, var/db, var/redis-*, static/, media/ by $APP_USER"
-    say "everything group $APP_USER, nothing for others"
+    say "group $WEB_GROUP (nginx) reaches run/ (traverse only), static/, media/, var/acme/; the rest: group $APP_USER, nothing for others"
 }
 
 sync_code() {
@@ -239,7 +258,7 @@ sync_code() {
         say "synced $SRC -> $APP_ROOT (without .git, .env, .venv and runtime data)"
     fi
     chown "root:$APP_USER" "$APP_ROOT"
-    chmod 0750 "$APP_ROOT"
+    chmod 0751 "$APP_ROOT"
 }
 
 python_ok() {
@@ -307,7 +326,11 @@ code_permissions() {
     find "$APP_ROOT" -xdev \( -path "$APP_ROOT/run" -o -path "$APP_ROOT/var" -o -path "$APP_ROOT/static" \
         -o -path "$APP_ROOT/media" -o -path "$APP_ROOT/logs" -o -path "$ENV_FILE" \) -prune \
         -o ! -type l -exec chown "root:$APP_USER" {} + -exec chmod g+rX,g-w,o-rwx {} +
-    say "code and .venv: root:$APP_USER, group read-only, nothing for others"
+    # nginx's own pages (50x while gunicorn is down, 429): a path to them that
+    # others may traverse (not list), and the pages for group $WEB_GROUP only.
+    chmod o+x "$APP_ROOT" "$APP_ROOT/deploy" "$APP_ROOT/deploy/nginx"
+    chgrp "$WEB_GROUP" "$APP_ROOT"/deploy/nginx/*.html
+    say "code and .venv: root:$APP_USER, group read-only, nothing for others (deploy/nginx/*.html: group $WEB_GROUP)"
 }
 
 write_env_file() {
@@ -412,12 +435,14 @@ render_supervisor() {
     sed -e "s|%(here)s/\.\./\.\.|$APP_ROOT|g" -e "s|%(here)s/\.\.|$APP_ROOT/deploy|g" \
         -e 's|^\(command=redis-server .*\)$|\1 --unixsocketperm 700|' \
         "$APP_ROOT/deploy/supervisor/programs.conf" |
-        awk -v user="$APP_USER" -v root="$APP_ROOT" '
+        awk -v user="$APP_USER" -v root="$APP_ROOT" -v web="$WEB_GROUP" '
             { print }
             /^\[program:/ {
                 print "user=" user
                 # supervisor keeps its own HOME for user=; no secrets here.
-                print "environment=HOME=\"" root "\",USER=\"" user "\",LANG=\"C.UTF-8\""
+                # GUNICORN_SOCKET_GROUP: gunicorn.sock is 0770 with group
+                # WEB_GROUP, which nginx joins (deploy/gunicorn.conf.py).
+                print "environment=HOME=\"" root "\",USER=\"" user "\",LANG=\"C.UTF-8\",GUNICORN_SOCKET_GROUP=\"" web "\""
             }'
     printf '\n[group:%s]\nprograms=%s\n' "$SLUG" "$programs"
 }
@@ -498,13 +523,17 @@ certificate() {
     fi
     CERT="$SELF_SIGNED_DIR/fullchain.pem"
     KEY="$SELF_SIGNED_DIR/privkey.pem"
-    if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null; then
+    # An older install's placeholder was a CA certificate (CA:TRUE): replaced.
+    if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null &&
+        openssl x509 -noout -ext basicConstraints -in "$CERT" 2>/dev/null | grep -q "CA:FALSE"; then
         say "certificate: self-signed ($CERT), until certbot gets a real one (see the README)"
         return
     fi
     install -d -m 0755 "$SELF_SIGNED_DIR"
     openssl req -x509 -newkey rsa:2048 -nodes -days 90 -subj "/CN=$DOMAIN" \
-        -addext "subjectAltName=DNS:$DOMAIN" -keyout "$KEY.new" -out "$CERT.new" 2>/dev/null
+        -addext "subjectAltName=DNS:$DOMAIN" -addext "basicConstraints=critical,CA:FALSE" \
+        -addext "keyUsage=critical,digitalSignature,keyEncipherment" -addext "extendedKeyUsage=serverAuth" \
+        -keyout "$KEY.new" -out "$CERT.new" 2>/dev/null
     chmod 0600 "$KEY.new"
     mv "$KEY.new" "$KEY"
     mv "$CERT.new" "$CERT"
@@ -523,9 +552,15 @@ step_nginx() {
     certificate
     www="$(nginx_user)"
     www="${www:-www-data}"
-    # nginx's workers reach run/gunicorn.sock (0770) through the app's group.
-    usermod -a -G "$APP_USER" "$www"
-    say "$www in group $APP_USER (reaches run/gunicorn.sock, static/ and media/)"
+    # nginx's workers reach run/gunicorn.sock, static/ and media/ through
+    # $WEB_GROUP only; an older install had put them in the app's group,
+    # which also reads .env, var/ and logs/.
+    usermod -a -G "$WEB_GROUP" "$www"
+    if id -nG "$www" | tr ' ' '\n' | grep -qx "$APP_USER"; then
+        gpasswd -d "$www" "$APP_USER" >/dev/null
+        say "$www left group $APP_USER (it read .env and var/)"
+    fi
+    say "$www in group $WEB_GROUP (reaches run/gunicorn.sock, static/, media/), not in $APP_USER"
     install -d -m 0755 /etc/nginx/snippets "$STATE_DIR"
     render_nginx "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT" "$CERT" "$KEY"
     nginx_files=("$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT")

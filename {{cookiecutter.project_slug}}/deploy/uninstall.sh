@@ -11,6 +11,7 @@ SLUG="{{ cookiecutter.project_slug }}"
 DEFAULT_DOMAIN="{{ cookiecutter.domain_name }}"
 {% raw %}
 APP_USER="$SLUG"
+WEB_GROUP="$SLUG-web"
 SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
 NGINX_SITE="/etc/nginx/sites-available/$SLUG.conf"
 NGINX_LOCATIONS="/etc/nginx/snippets/$SLUG-locations.conf"
@@ -99,7 +100,8 @@ if [ -n "$DOMAIN" ] && [ -d "/etc/ssl/socketstack/$DOMAIN" ]; then
     say "removed the self-signed certificate (Let's Encrypt's, if any, stay: certbot delete --cert-name $DOMAIN)"
 fi
 NGINX_USER="$(awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf 2>/dev/null || true)"
-if getent group "$APP_USER" >/dev/null && id -nG "${NGINX_USER:-www-data}" 2>/dev/null | grep -qw "$APP_USER"; then
+if getent group "$APP_USER" >/dev/null && id -nG "${NGINX_USER:-www-data}" 2>/dev/null | tr ' ' '\n' | grep -qx "$APP_USER"; then
+    # An install from before group $WEB_GROUP (exact name: grep -w would match it too).
     gpasswd -d "${NGINX_USER:-www-data}" "$APP_USER" >/dev/null
     say "${NGINX_USER:-www-data} left group $APP_USER"
 fi
@@ -130,6 +132,10 @@ else
     if getent group "$APP_USER" >/dev/null; then
         groupdel "$APP_USER"
         say "group $APP_USER removed"
+    fi
+    if getent group "$WEB_GROUP" >/dev/null; then
+        groupdel "$WEB_GROUP"
+        say "group $WEB_GROUP removed (nginx's user left it)"
     fi
 fi
 echo

@@ -150,7 +150,13 @@ SESSION_COOKIE_SECURE = SITE_HTTPS
 CSRF_COOKIE_SECURE = SITE_HTTPS
 SECURE_HSTS_SECONDS = 31536000 if SITE_HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SITE_HTTPS
-SECURE_HSTS_PRELOAD = SITE_HTTPS
+# HSTS preload is opt-in: a header with `preload` lets anyone submit the
+# domain to the browsers' preload list, and leaving it takes months. To opt
+# in, add `preload` to the header in deploy/nginx/site.conf (nginx sends the
+# header, Django's is hidden), set this to SITE_HTTPS and remove the silenced
+# check below (README, "Security").
+SECURE_HSTS_PRELOAD = False
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 ADMINS = [("{{ cookiecutter.author_name }}", "{{ cookiecutter.email }}")]
@@ -162,4 +168,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.get_str("DJANGO_LOG_LEVEL", "INFO")},
+    # A Host that ALLOWED_HOSTS refuses is logged, never mailed to ADMINS:
+    # anyone can send one, so each would be an email on demand.
+    "loggers": {"django.security.DisallowedHost": {"handlers": ["console"], "propagate": False}},
 }
