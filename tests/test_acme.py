@@ -29,7 +29,14 @@ import pytest
 import requests
 from browser import Watch, chromium, log_in, logged_in, shot
 from conftest import bake, free_port, require, run
-from test_deploy import INSTALL_ENV_DROP, Server, nginx_running, require_root, supervisord_running, wait_gone
+from test_deploy import (
+    INSTALL_ENV_DROP,
+    Server,
+    nginx_running,
+    require_root,
+    stop_daemons_started_here,
+    supervisord_running,
+)
 
 DOMAIN = "acme.socketstack.test"  # test-only: never a real certificate
 SLUG = "sst_acme"
@@ -246,13 +253,7 @@ def acme(cookies_session, tmp_path_factory):
             site.uninstall()
         forget_test_certificate(pebble.port, keep=certbot_before)
         pebble.stop()
-        if supervisord_before is None and (pid := supervisord_running()):
-            subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
-            wait_gone(pid)
-        if nginx_before is None and (pid := nginx_running()):
-            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
-            if not wait_gone(pid):
-                os.kill(pid, 9)
+        stop_daemons_started_here(supervisord_before, nginx_before)
         assert not (LETSENCRYPT / "live" / DOMAIN).exists()
         assert not Path("/var/lib/socketstack").exists(), "install.sh left state that uninstall.sh did not remove"
         assert all(process.poll() is not None for _, process in pebble.processes)

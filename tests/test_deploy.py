@@ -77,6 +77,17 @@ def wait_gone(pid, timeout=30):
     return False
 
 
+def stop_daemons_started_here(supervisord_before, nginx_before):
+    """Stop the system supervisord and nginx if they were not running before the test's installs."""
+    if supervisord_before is None and (pid := supervisord_running()):
+        subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
+        wait_gone(pid)
+    if nginx_before is None and (pid := nginx_running()):
+        subprocess.run(["nginx", "-s", "quit"], capture_output=True)
+        if not wait_gone(pid):
+            os.kill(pid, 9)
+
+
 class Server:
     """A baked project installed by deploy/install.sh, reached with curl."""
 
@@ -269,13 +280,7 @@ def server(request, cookies_session, tmp_path_factory):
         if deployed.installed():
             deployed.uninstall()
         # Stop exactly the daemons that the install (or this fixture) started.
-        if supervisord_before is None and (pid := supervisord_running()):
-            subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
-            wait_gone(pid)
-        if nginx_before is None and (pid := nginx_running()):
-            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
-            if not wait_gone(pid):
-                os.kill(pid, 9)
+        stop_daemons_started_here(supervisord_before, nginx_before)
         if deployed.redis == "system" and not redis_before and system_redis_running():
             subprocess.run(["service", "redis-server", "stop"], capture_output=True)
         if python:
