@@ -141,7 +141,7 @@ class Site(Server):
     """The installed server, installed with LETSENCRYPT_EMAIL and reached over TLS from Python."""
 
     def __init__(self, project, workdir, pebble):
-        super().__init__(project, workdir, "dedicated")
+        super().__init__(project, workdir, {"redis": "dedicated"}, domain=DOMAIN)
         self.pebble = pebble
         self.returncodes = {}
 
