@@ -215,7 +215,7 @@ def test_secret_not_in_replay(cookies):
     replay_files = list(replay_dir.glob("*.json"))
     assert replay_files, f"no replay file in {replay_dir}"
     assert all(secret not in path.read_text() for path in replay_files)
-    tracked = subprocess.run(["grep", "-rl", secret, str(project)], capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(["grep", "-rlF", "-e", secret, str(project)], capture_output=True, text=True).stdout.split()
     assert tracked == [str(project / ".env")]
 
 
