@@ -660,10 +660,11 @@ acme_webroot_served() {
     # nginx serves APP_ROOT/var/acme on http://DOMAIN/.well-known/acme-challenge/
     # (a reload takes a moment to reach every worker): wait until it does.
     local dir="$APP_ROOT/var/acme/.well-known/acme-challenge" probe i answer=""
-    install -d -m 0750 -g "$APP_USER" "$APP_ROOT/var/acme/.well-known" "$dir"
+    # Group $WEB_GROUP: nginx's user reads the challenges through it (and nothing else of the app).
+    install -d -m 2750 -g "$WEB_GROUP" "$APP_ROOT/var/acme/.well-known" "$dir"
     probe="socketstack-probe-$$"
     printf '%s' "$probe" >"$dir/$probe"
-    chgrp "$APP_USER" "$dir/$probe"
+    chgrp "$WEB_GROUP" "$dir/$probe"
     for i in $(seq 50); do
         answer="$(curl -s --max-time 2 --resolve "$DOMAIN:80:127.0.0.1" \
             "http://$DOMAIN/.well-known/acme-challenge/$probe" || true)"
