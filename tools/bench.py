@@ -513,7 +513,7 @@ def table(name, result):
 
 
 def markdown(report):
-    """The results as Markdown tables, ready for the README's performance section."""
+    """The results as Markdown tables, ready for docs/performance.md."""
     lines = [
         f"{report['cpus']} CPUs, wrk -t{report['wrk']['threads']} -c{report['wrk']['connections']} on loopback, "
         f"{report['seconds']} s per row, medians of {report['rounds']} rounds ({report['date']}).",
@@ -596,7 +596,12 @@ def main(argv=None):
         groups = list(comparisons(0))
     redis = None
     try:
-        use_project(args.project or bake(args.bake_into))
+        project = (args.project or bake(args.bake_into)).resolve()
+        python = project / ".venv" / "bin" / "python"
+        if Path(sys.prefix).resolve() != python.parent.parent.resolve() and python.exists():
+            # local_stack runs manage.py with this interpreter: use the project's.
+            os.execv(python, [str(python), __file__, *(argv or sys.argv[1:]), "--project", str(project)])
+        use_project(project)
         args.json = args.json or WORK / "latest.json"
         if local_stack.healthz_status(local_stack.local_port()) != 200:
             local_stack.up()
