@@ -40,6 +40,7 @@ def remove_unused_files(project_dir, context):
     if not context["nginx_page_cache"]:
         # local.conf includes these only when the option is on.
         unused += [project_dir / "deploy" / "nginx" / name for name in ("page-cache-zone.conf", "page-cache.conf")]
+        unused.append(project_dir / "docs" / "page-cache.md")
     unused = [path for path in unused if path.exists()]
     for path in unused:
         if path.is_dir():
