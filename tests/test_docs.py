@@ -59,6 +59,7 @@ def test_readme_is_the_owners_manual(cookies):
         headings = [line for line in readme.splitlines() if line.startswith("## ")]
         assert headings[:3] == ["## Quick start", "## Develop", "## Settings and the `.env` file"], headings
         assert "make dev" in readme.split("## Develop")[0]  # the quick start already says how to develop
+        assert "make app NAME=shop" in readme  # the way to add an app that keeps `make check` green
         dedicated = options["redis"] == "dedicated"
         for text in [readme, *(path.read_text() for path in (project / "docs").glob("*.md"))]:
             assert ("redis-sessions.sock" in text) <= dedicated
