@@ -223,25 +223,18 @@ def use_project(project):
 
 
 def bake(output_dir):
-    """Bake a default project (with its .venv) into output_dir; return its path."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            "--no-input",
-            "--overwrite-if-exists",
-            "-o",
-            str(output_dir),
-            str(TEMPLATE),
-        ],
-        check=True,
-        env={**os.environ, "SOCKETSTACK_SKIP_REDIS_CHECK": "1"},
-    )
-    return output_dir / json.loads((TEMPLATE / "cookiecutter.json").read_text())["project_name"].lower().replace(
-        " ", "_"
-    )
+    """Bake a default project (with its .venv) into output_dir, or reuse the one there; return its path."""
+    from cookiecutter.main import cookiecutter
+
+    baked = sorted(output_dir.glob("*/.venv"))
+    if baked:
+        return baked[0].parent
+
+    os.environ.setdefault("SOCKETSTACK_SKIP_REDIS_CHECK", "1")
+    # A free port: 8000, the default, may be taken by a project of your own.
+    answers = {"local_port": str(free_port())}
+    project = cookiecutter(str(TEMPLATE), no_input=True, extra_context=answers, output_dir=str(output_dir))
+    return Path(project)
 
 
 def free_port():
@@ -594,6 +587,9 @@ def main(argv=None):
     groups = [name.strip() for name in args.compare.replace(" ", ",").split(",") if name.strip()]
     if groups == ["all"]:
         groups = list(comparisons(0))
+    unknown = sorted(set(groups) - set(comparisons(0)))
+    if unknown:
+        sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
     redis = None
     try:
         project = (args.project or bake(args.bake_into)).resolve()
@@ -612,9 +608,6 @@ def main(argv=None):
         else:
             tcp_port = 0
         available = comparisons(tcp_port)
-        unknown = sorted(set(groups) - set(available))
-        if unknown:
-            sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(available)}")
         for group in groups:
             entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
