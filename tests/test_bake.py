@@ -133,8 +133,8 @@ def test_settings_follow_the_choices(baked, django_results):
     settings = json.loads(result_of(django_results, baked, "check").stdout.splitlines()[-1])
     # A 6.1 bake is checked with Django 6.1, not the tooling's 5.2.
     assert settings["django"].startswith(combo["django_version"] + ".")
-    # The project's own stores: Django's, made safe against Redis faults (web/sessions/).
-    assert settings["engine"] == f"web.sessions.{combo['session_engine']}"
+    # The project's own stores: Django's, made safe against Redis faults (<slug>/sessions/).
+    assert settings["engine"] == f"{slug}.sessions.{combo['session_engine']}"
     assert settings["alias"] == "sessions"
     assert settings["default"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
     assert "IGNORE_EXCEPTIONS" not in settings["sessions"]["OPTIONS"]
@@ -151,7 +151,7 @@ def test_settings_follow_the_choices(baked, django_results):
 def test_pruned_files_follow_the_choices(baked):
     project, combo = baked
     assert (project / "deploy" / "redis").exists() == (combo["redis"] == "dedicated")
-    stores = sorted(path.name for path in (project / "web" / "sessions").glob("*.py"))
+    stores = sorted(path.name for path in (project / project.name / "sessions").glob("*.py"))
     assert stores == ["__init__.py", f"{combo['session_engine']}.py"]
 
 

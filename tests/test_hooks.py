@@ -75,6 +75,7 @@ CONTEXT = {
     "nginx_page_cache": True,
     "domain_name": "example.com",
     "local_port": "8000",
+    "project_slug": "my_site",
 }
 
 
@@ -117,15 +118,16 @@ def test_venv_commands_install_the_lock_prefer_uv_and_compile_bytecode(tmp_path)
 
 def test_remove_unused_files(tmp_path):
     (tmp_path / "deploy" / "redis").mkdir(parents=True)
-    (tmp_path / "web" / "sessions").mkdir(parents=True)
+    sessions = tmp_path / CONTEXT["project_slug"] / "sessions"
+    sessions.mkdir(parents=True)
     for name in ("cache.py", "cached_db.py"):
-        (tmp_path / "web" / "sessions" / name).write_text("")
+        (sessions / name).write_text("")
     removed = post.remove_unused_files(tmp_path, CONTEXT)
-    assert removed == [tmp_path / "web" / "sessions" / "cached_db.py"]
+    assert removed == [sessions / "cached_db.py"]
     assert (tmp_path / "deploy" / "redis").exists()
     post.remove_unused_files(tmp_path, {**CONTEXT, "redis": "system", "session_engine": "cached_db"})
     assert not (tmp_path / "deploy" / "redis").exists()
-    assert not (tmp_path / "web" / "sessions" / "cache.py").exists()
+    assert not (sessions / "cache.py").exists()
 
 
 def test_next_steps_mention_make_venv_only_when_needed(tmp_path):

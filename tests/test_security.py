@@ -4,7 +4,7 @@ machine, and over the network (loopback only) at the edge.
 
 Root only, like tests/test_deploy.py (run it under the machine-wide deploy
 lock). Both sites use dedicated Redis instances; with redis=system every site
-on the server shares Debian's instance, which the README says.
+on the server shares Debian's instance, which the generated docs/security.md says.
 """
 
 import json

@@ -224,7 +224,7 @@ make_layout() {
     # everything below is closed to them except through group $WEB_GROUP, which
     # nginx's user joins: run/ (0710, so it reaches gunicorn.sock but cannot
     # list run/; the Redis sockets are 0700), static/, media/ and var/acme/
-    # (setgid, so new files keep the group). See the README, "What lives where".
+    # (setgid, so new files keep the group). See docs/deploy.md, "What lives where".
     local spec
     for spec in \
         ".:0751:root:$APP_USER" "logs:0750:root:$APP_USER" "var:0751:root:$APP_USER" \
@@ -526,7 +526,7 @@ certificate() {
     # An older install's placeholder was a CA certificate (CA:TRUE): replaced.
     if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null &&
         openssl x509 -noout -ext basicConstraints -in "$CERT" 2>/dev/null | grep -q "CA:FALSE"; then
-        say "certificate: self-signed ($CERT), until certbot gets a real one (see the README)"
+        say "certificate: self-signed ($CERT), until certbot gets a real one (see docs/deploy.md)"
         return
     fi
     install -d -m 0755 "$SELF_SIGNED_DIR"
@@ -538,7 +538,7 @@ certificate() {
     mv "$KEY.new" "$KEY"
     mv "$CERT.new" "$CERT"
     say "certificate: new self-signed one for $DOMAIN in $SELF_SIGNED_DIR, so that nginx starts;"
-    say "get a real one with certbot (README, \"Deploying to a server\")"
+    say "get a real one with certbot (docs/deploy.md, \"A real certificate\")"
 }
 
 nginx_user() { awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf; }
