@@ -59,7 +59,7 @@ def test_email_port_timezone_rules():
 def test_python_version_of_this_interpreter():
     assert pre.python_version(sys.executable) == sys.version_info[:2]
     assert pre.python_version("/nonexistent/python") is None
-    assert pre.check_python(sys.executable, "5.2") == sys.executable
+    assert pre.check_python(sys.executable, "5.2", "3.10") == sys.executable
 
 
 def test_message_names_field_value_and_rule():
