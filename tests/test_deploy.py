@@ -77,6 +77,18 @@ def wait_gone(pid, timeout=30):
     return False
 
 
+def stop_daemons_started_since(nginx_before, supervisord_before):
+    """Stop the system supervisord and nginx when they were not running before
+    the test (the pids it saw then, or None): exactly what the test started."""
+    if supervisord_before is None and (pid := supervisord_running()):
+        subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
+        wait_gone(pid)
+    if nginx_before is None and (pid := nginx_running()):
+        subprocess.run(["nginx", "-s", "quit"], capture_output=True)
+        if not wait_gone(pid):
+            os.kill(pid, 9)
+
+
 class Server:
     """A baked project installed by deploy/install.sh, reached with curl."""
 
@@ -269,13 +281,7 @@ def server(request, cookies_session, tmp_path_factory):
         if deployed.installed():
             deployed.uninstall()
         # Stop exactly the daemons that the install (or this fixture) started.
-        if supervisord_before is None and (pid := supervisord_running()):
-            subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
-            wait_gone(pid)
-        if nginx_before is None and (pid := nginx_running()):
-            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
-            if not wait_gone(pid):
-                os.kill(pid, 9)
+        stop_daemons_started_since(nginx_before, supervisord_before)
         if deployed.redis == "system" and not redis_before and system_redis_running():
             subprocess.run(["service", "redis-server", "stop"], capture_output=True)
         if python:
@@ -562,11 +568,21 @@ def _uid_of(proc_dir):
         ({"APP_ROOT": "webapps/x"}, "install.sh: ERROR: APP_ROOT='webapps/x' must be an absolute path"),
         ({"APP_ROOT": "/etc"}, "install.sh: ERROR: APP_ROOT='/etc' is a system directory"),
         ({"APP_ROOT": "/srv/" + "x" * 90}, "install.sh: ERROR: APP_ROOT='/srv/xxx"),
+        ({"LETSENCRYPT_EMAIL": "you"}, "install.sh: ERROR: LETSENCRYPT_EMAIL='you' is not an email address"),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_SERVER": "http://ca.test/dir"},
+            "install.sh: ERROR: ACME_SERVER='http://ca.test/dir' is not an https URL",
+        ),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_CA_BUNDLE": "/no/such/ca.pem"},
+            "install.sh: ERROR: ACME_CA_BUNDLE='/no/such/ca.pem' is not a readable file",
+        ),
     ],
-    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root"],
+    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root", "acme-email", "acme-server", "acme-ca"],
 )
 def test_bad_input_fails_first_with_the_fix(cookies_session, env, first_line):
-    """Bad settings stop install.sh before it changes anything, with one clear line."""
+    """Bad settings stop install.sh before it changes anything (and before the
+    root check), with one clear line."""
     project = bake(cookies_session, domain_name=DOMAIN)
     result = run([project / "deploy" / "install.sh"], project, env=env, check=False)
     assert result.returncode == 1

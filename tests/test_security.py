@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 from conftest import bake, require
-from test_deploy import ADMIN_PASSWORD, Server, nginx_running, require_root, supervisord_running, wait_gone
+from test_deploy import (
+    ADMIN_PASSWORD,
+    Server,
+    nginx_running,
+    require_root,
+    stop_daemons_started_since,
+    supervisord_running,
+)
 
 SITES = {"sst_sec_a": "a.socketstack.test", "sst_sec_b": "b.socketstack.test"}
 
@@ -65,12 +72,7 @@ def sites(cookies_session, tmp_path_factory):
         for site in installed.values():
             if site.installed():
                 site.uninstall()
-        if supervisord_before is None and (pid := supervisord_running()):
-            subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
-            wait_gone(pid)
-        if nginx_before is None and (pid := nginx_running()):
-            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
-            wait_gone(pid)
+        stop_daemons_started_since(nginx_before, supervisord_before)
 
 
 def probe(user, targets):
