@@ -416,7 +416,11 @@ def test_killed_master_is_restarted_and_make_down_still_works(fault_stack):
 
 def test_make_up_after_a_crash(fault_stack):
     session = login(fault_stack)
-    time.sleep(1.5)  # appendfsync everysec
+    # Written to the append-only file, the session survives a SIGKILL of Redis
+    # (the kernel has the bytes; appendfsync everysec only guards power loss).
+    key = session.cookies["sessionid"].encode()
+    aof = fault_stack.project / "var" / "redis-sessions"
+    wait_for(lambda: any(key in path.read_bytes() for path in aof.rglob("*.aof")), 10, "the session in the AOF")
     for pid in fault_stack.processes():
         try:
             os.kill(pid, signal.SIGKILL)
