@@ -4,7 +4,7 @@
 # The variables below are used by the scripts that source this file.
 # shellcheck disable=SC2034
 
-# shellcheck source=project.env
+# shellcheck source-path=SCRIPTDIR source=project.env
 . "$(dirname "${BASH_SOURCE[0]}")/project.env"
 APP_USER="$SLUG"
 # nginx's user joins only this group: it owns the gate to run/ (gunicorn.sock),

@@ -28,7 +28,7 @@ set -Eeuo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # SLUG, DEFAULT_DOMAIN, REDIS_MODE, MIN_PYTHON, APP_USER, WEB_GROUP, the
 # nginx and supervisor paths, say, ctl, has_systemd, nginx_user.
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$SRC/deploy/common.sh"
 DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
 APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"

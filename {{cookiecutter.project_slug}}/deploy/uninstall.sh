@@ -9,7 +9,7 @@ set -Eeuo pipefail
 
 # SLUG, DEFAULT_DOMAIN, APP_USER, WEB_GROUP, the nginx and supervisor paths,
 # say, ctl, nginx_user.
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 fail() {
