@@ -16,7 +16,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, TOOLS, all_combinations, bake, combo_id, django_python, require, run, run_parallel
+from conftest import (
+    TEMPLATE,
+    TOOLS,
+    all_combinations,
+    bake,
+    combo_id,
+    django_python,
+    project_module,
+    require,
+    run,
+    run_parallel,
+)
 
 COMBINATIONS = all_combinations()
 LEFTOVER = re.compile(r"\{\{\s*cookiecutter|\{%-?\s*(if|endif|raw|endraw)\b|cookiecutter\.")
@@ -119,7 +130,7 @@ def test_env_file_is_private_and_has_secret(baked):
     project, combo = baked
     env_file = project / ".env"
     assert env_file.stat().st_mode & 0o777 == 0o600
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    values = project_module(project, f"{project.name}/env.py").read_env_file(env_file)
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert not values["DJANGO_SECRET_KEY"].startswith("django-insecure")
     # No paths: the sockets follow the project folder (settings.py's RUN_DIR),

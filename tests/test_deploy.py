@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOOLS, bake, commit_and_clone, context_for, project_processes, require, run
+from conftest import TOOLS, bake, commit_and_clone, context_for, project_module, project_processes, require, run
 
 DOMAIN = "socketstack.test"
 # Real installs: one per Redis choice, and Django 6.1 with the other values of
@@ -393,7 +393,7 @@ def test_env_file_and_layout_permissions(server):
     env_file = server.app_root / ".env"
     st = env_file.stat()
     assert st.st_mode & 0o777 in (0o600, 0o640)
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    values = project_module(server.project, f"{server.slug}/env.py").read_env_file(env_file)
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert values["DJANGO_DEBUG"] == "false" and values["SITE_HTTPS"] == "true"
     assert values["DJANGO_ALLOWED_HOSTS"] == DOMAIN
