@@ -24,7 +24,6 @@
 # (no root needed; the template's tests run `nginx -t` on them).
 set -Eeuo pipefail
 
-
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # SLUG, DEFAULT_DOMAIN, REDIS_MODE, MIN_PYTHON, APP_USER, WEB_GROUP, the
 # nginx and supervisor paths, say, ctl, has_systemd, nginx_user.
