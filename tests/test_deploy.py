@@ -133,23 +133,23 @@ class Server:
     def curl(self, url, *args, host=None, jar=True):
         """(curl exit code, status, headers as lowercase name -> [values], body)."""
         host = host or self.domain
-        headers_file = self.workdir / "headers.txt"
-        body_file = self.workdir / "body.txt"
-        headers_file.unlink(missing_ok=True)
-        body_file.unlink(missing_ok=True)
-        command = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.cert), "-D", str(headers_file),
-                   "-o", str(body_file), "-w", "%{http_code}",
-                   "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
-        if jar:
-            command += ["-b", str(self.jar), "-c", str(self.jar)]
-        result = subprocess.run([*command, *args, url], capture_output=True, text=True, timeout=30)
-        headers = {}
-        if headers_file.exists():
-            for line in headers_file.read_text(errors="replace").splitlines()[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers.setdefault(name.strip().lower(), []).append(value.strip())
-        body = body_file.read_text(errors="replace") if body_file.exists() else ""
+        # Files of this call only: the login burst runs eight curls at once.
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            headers_file = Path(scratch) / "headers.txt"
+            body_file = Path(scratch) / "body.txt"
+            command = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.cert), "-D", str(headers_file),
+                       "-o", str(body_file), "-w", "%{http_code}",
+                       "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
+            if jar:
+                command += ["-b", str(self.jar), "-c", str(self.jar)]
+            result = subprocess.run([*command, *args, url], capture_output=True, text=True, timeout=30)
+            headers = {}
+            if headers_file.exists():
+                for line in headers_file.read_text(errors="replace").splitlines()[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers.setdefault(name.strip().lower(), []).append(value.strip())
+            body = body_file.read_text(errors="replace") if body_file.exists() else ""
         status = int(result.stdout) if result.stdout.strip().isdigit() else 0
         return result.returncode, status, headers, body
 
