@@ -211,8 +211,11 @@ class Stack:
 
     def __init__(self, project):
         self.project = project
-        self.slug = project.name
-        self.port = int(project_module(project, f"{self.slug}/env.py").read_env_file(project / ".env")["LOCAL_PORT"])
+        # The project package (the one with env.py): the folder may have been renamed.
+        env_py = next(project.glob("*/env.py"))
+        self.slug = env_py.parent.name
+        env = project_module(project, env_py.relative_to(project)).read_env_file(project / ".env")
+        self.port = int(env["LOCAL_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def make(self, *targets, check=True, timeout=180, env=None):
