@@ -303,7 +303,7 @@ def nginx_config(port):
         text = path.read_text()
         for old, new in moves.items():
             text = text.replace(old, new)
-        files[path.name] = local_stack.fill_in(text, ROOT, port, local_stack.nginx_user_line())
+        files[path.name] = local_stack.render.fill_in(text, local_stack.local_values(port))
     if f"unix:{GUNICORN_SOCKET}" not in files["local.conf"] or f"{WORK}/nginx.pid" not in files["local.conf"]:
         raise RuntimeError("deploy/nginx/local.conf changed: update the paths in tools/bench.py's nginx_config()")
     files["nginx.conf"] = files.pop("local.conf")
