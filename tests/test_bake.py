@@ -227,7 +227,9 @@ def test_secret_not_in_replay(cookies):
     replay_files = list(replay_dir.glob("*.json"))
     assert replay_files, f"no replay file in {replay_dir}"
     assert all(secret not in path.read_text() for path in replay_files)
-    tracked = subprocess.run(["grep", "-rlF", "-e", secret, str(project)], capture_output=True, text=True).stdout.split()
+    # -F -e: a urlsafe secret may start with "-".
+    grep = subprocess.run(["grep", "-rlF", "-e", secret, str(project)], capture_output=True, text=True)
+    tracked = grep.stdout.split()
     assert tracked == [str(project / ".env")]
 
 
