@@ -182,11 +182,11 @@ def run(command, cwd, env=None, timeout=300, check=True):
 
 
 def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1: the template's one helper for it, in tools/bench.py."""
+    spec = importlib.util.spec_from_file_location("bench", TEMPLATE / "tools" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.free_port()
 
 
 def project_processes(project):
