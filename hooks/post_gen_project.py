@@ -36,10 +36,11 @@ def remove_unused_files(project_dir, context):
         unused.append(project_dir / "deploy" / "redis")
     # Only the session store that SESSION_ENGINE names.
     other_engine = {"cache": "cached_db", "cached_db": "cache"}[context["session_engine"]]
-    unused.append(project_dir / "web" / "sessions" / f"{other_engine}.py")
+    unused.append(project_dir / context["project_slug"] / "sessions" / f"{other_engine}.py")
     if not context["nginx_page_cache"]:
         # local.conf includes these only when the option is on.
         unused += [project_dir / "deploy" / "nginx" / name for name in ("page-cache-zone.conf", "page-cache.conf")]
+        unused.append(project_dir / "docs" / "page-cache.md")
     unused = [path for path in unused if path.exists()]
     for path in unused:
         if path.is_dir():

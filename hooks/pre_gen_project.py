@@ -34,7 +34,6 @@ RESERVED_SLUGS = {
 }
 HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 EMAIL = re.compile(r"^[^@\s\"'\\]+@[^@\s\"'\\]+\.[^@\s\"'\\]+$")
-MIN_PYTHON = {"5.2": (3, 10), "6.1": (3, 12)}
 # Characters that would break the Python and TOML strings they are written into.
 UNSAFE_TEXT = re.compile(r"[\"\\\n\r]")
 
@@ -121,8 +120,10 @@ def python_version(python):
     return int(major), int(minor)
 
 
-def check_python(python, django_version):
-    need = MIN_PYTHON[django_version]
+def check_python(python, django_version, min_python):
+    """min_python ("3.10") is cookiecutter.json's __min_python, the one place
+    that ties a Django version to the oldest Python it runs on."""
+    need = tuple(int(part) for part in min_python.split("."))
     version = python_version(python)
     if version is None:
         raise InvalidAnswer(
@@ -148,7 +149,7 @@ def validate(context):
     check_email(context["email"])
     check_timezone(context["timezone"])
     check_port(context["local_port"])
-    check_python(context["python"], context["django_version"])
+    check_python(context["python"], context["django_version"], context["__min_python"])
 
 
 # Answers never repeated in the retry command, should a future option carry a secret.

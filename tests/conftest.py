@@ -111,6 +111,20 @@ def all_combinations():
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(CHOICES[k] for k in keys))]
 
 
+def project_module(project, relative):
+    """Import one of a baked project's own Python files (SLUG/env.py,
+    deploy/local_stack.py), so that the tests use its helpers, not copies."""
+    path = project / relative
+    spec = importlib.util.spec_from_file_location(f"{project.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # local_stack.py imports render.py next to it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
 def load_hook(name):
     spec = importlib.util.spec_from_file_location(name, TEMPLATE / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -168,11 +182,11 @@ def run(command, cwd, env=None, timeout=300, check=True):
 
 
 def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1: the template's one helper for it, in tools/bench.py."""
+    spec = importlib.util.spec_from_file_location("bench", TEMPLATE / "tools" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.free_port()
 
 
 def project_processes(project):
@@ -197,9 +211,11 @@ class Stack:
 
     def __init__(self, project):
         self.project = project
-        self.slug = project.name
-        values = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines() if "=" in line)
-        self.port = int(values["LOCAL_PORT"])
+        # The project package (the one with env.py): the folder may have been renamed.
+        env_py = next(project.glob("*/env.py"))
+        self.slug = env_py.parent.name
+        env = project_module(project, env_py.relative_to(project)).read_env_file(project / ".env")
+        self.port = int(env["LOCAL_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def make(self, *targets, check=True, timeout=180, env=None):
@@ -240,6 +256,12 @@ class Stack:
             allow_redirects=False,
             timeout=10,
         )
+
+    def supervisor(self):
+        """supervisord's XML-RPC interface, through the project's own deploy/local_stack.py."""
+        if not hasattr(self, "_local_stack"):
+            self._local_stack = project_module(self.project, "deploy/local_stack.py")
+        return self._local_stack.rpc().supervisor
 
     def redis(self, name):
         import redis

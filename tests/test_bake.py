@@ -9,13 +9,25 @@ time in one fixture; the tests then read their results.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TOOLS, all_combinations, bake, combo_id, django_python, require, run, run_parallel
+from conftest import (
+    TEMPLATE,
+    TOOLS,
+    all_combinations,
+    bake,
+    combo_id,
+    django_python,
+    project_module,
+    require,
+    run,
+    run_parallel,
+)
 
 COMBINATIONS = all_combinations()
 LEFTOVER = re.compile(r"\{\{\s*cookiecutter|\{%-?\s*(if|endif|raw|endraw)\b|cookiecutter\.")
@@ -118,7 +130,7 @@ def test_env_file_is_private_and_has_secret(baked):
     project, combo = baked
     env_file = project / ".env"
     assert env_file.stat().st_mode & 0o777 == 0o600
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    values = project_module(project, f"{project.name}/env.py").read_env_file(env_file)
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert not values["DJANGO_SECRET_KEY"].startswith("django-insecure")
     # No paths: the sockets follow the project folder (settings.py's RUN_DIR),
@@ -133,8 +145,8 @@ def test_settings_follow_the_choices(baked, django_results):
     settings = json.loads(result_of(django_results, baked, "check").stdout.splitlines()[-1])
     # A 6.1 bake is checked with Django 6.1, not the tooling's 5.2.
     assert settings["django"].startswith(combo["django_version"] + ".")
-    # The project's own stores: Django's, made safe against Redis faults (web/sessions/).
-    assert settings["engine"] == f"web.sessions.{combo['session_engine']}"
+    # The project's own stores: Django's, made safe against Redis faults (<slug>/sessions/).
+    assert settings["engine"] == f"{slug}.sessions.{combo['session_engine']}"
     assert settings["alias"] == "sessions"
     assert settings["default"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
     assert "IGNORE_EXCEPTIONS" not in settings["sessions"]["OPTIONS"]
@@ -151,7 +163,7 @@ def test_settings_follow_the_choices(baked, django_results):
 def test_pruned_files_follow_the_choices(baked):
     project, combo = baked
     assert (project / "deploy" / "redis").exists() == (combo["redis"] == "dedicated")
-    stores = sorted(path.name for path in (project / "web" / "sessions").glob("*.py"))
+    stores = sorted(path.name for path in (project / project.name / "sessions").glob("*.py"))
     assert stores == ["__init__.py", f"{combo['session_engine']}.py"]
 
 
@@ -221,7 +233,7 @@ def test_secret_not_in_replay(cookies):
     assert tracked == [str(project / ".env")]
 
 
-def test_pc_option(cookies):
+def test_page_cache_snippets(cookies):
     """nginx_page_cache=no bakes no page-cache files and a config without them; yes includes both."""
     nginx = require("nginx")
     for enabled in (True, False):
@@ -236,3 +248,57 @@ def test_pc_option(cookies):
         assert "syntax is ok" in result.stderr
         leftovers = [str(path) for path, text in text_files(project) if LEFTOVER.search(text)]
         assert leftovers == []
+
+
+# One renderer, scripts copied as they are ---------------------------------------------
+
+TEMPLATE_DEPLOY = TEMPLATE / "{{cookiecutter.project_slug}}" / "deploy"
+
+
+def test_template_shell_scripts_pass_shellcheck_unrendered():
+    """install.sh and uninstall.sh are copied without rendering (_copy_without_render):
+    shellcheck reads the template's own files, style notes included."""
+    scripts = sorted(TEMPLATE_DEPLOY.glob("*.sh"))
+    assert {path.name for path in scripts} >= {"install.sh", "uninstall.sh", "common.sh"}
+    result = run([TOOLS / "shellcheck", "--external-sources", *scripts], TEMPLATE_DEPLOY, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_are_baked_byte_for_byte(cookies):
+    """What shellcheck read is what the server runs; the facts come from deploy/project.env."""
+    project = bake(cookies, project_name="verbatim", django_version="6.1", redis="system")
+    for path in TEMPLATE_DEPLOY.glob("*.sh"):
+        assert (project / "deploy" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert os.access(project / "deploy" / "install.sh", os.X_OK)
+    facts = run(["bash", "-c", '. deploy/common.sh && echo "$SLUG $DEFAULT_DOMAIN $REDIS_MODE $MIN_PYTHON"'], project)
+    assert facts.stdout.split() == ["verbatim", "example.com", "system", "3.12"]
+
+
+@pytest.mark.parametrize("django_version, minimum", [("5.2", "3.10"), ("6.1", "3.12")])
+def test_minimum_python_comes_from_one_place(cookies, django_version, minimum):
+    """cookiecutter.json's __min_python reaches requires-python, install.sh's facts,
+    CI and the default interpreter; nothing else states the rule."""
+    project = bake(cookies, project_name=f"py{minimum.replace('.', '')}", django_version=django_version)
+    assert f'requires-python = ">={minimum}"' in (project / "pyproject.toml").read_text()
+    assert f"MIN_PYTHON={minimum}\n" in (project / "deploy" / "project.env").read_text()
+    ci_python = "3.11" if minimum == "3.10" else minimum  # Debian 12's python3 when it is new enough
+    assert f'python-version: "{ci_python}"' in (project / ".github" / "workflows" / "ci.yml").read_text()
+
+
+def test_renderer_fills_every_placeholder_or_names_the_missing_one(cookies):
+    project = bake(cookies, project_name="renderer")
+    deploy = project / "deploy"
+    site = run([sys.executable, deploy / "render.py", deploy / "nginx" / "site.conf", "APP_ROOT=/srv/x",
+                "DOMAIN=x.example", "LOCATIONS=/l.conf", "SNIPPETS=/s", "SSL_CERTIFICATE=/c", "SSL_CERTIFICATE_KEY=/k"],
+               project).stdout  # fmt: skip
+    assert "server_name x.example;" in site and "@" not in re.sub(r"\$\w+|#.*", "", site)
+    missing = run([sys.executable, deploy / "render.py", deploy / "nginx" / "site.conf", "APP_ROOT=/srv/x"], project,
+                  check=False)  # fmt: skip
+    assert missing.returncode == 1 and missing.stderr.startswith("render.py: "), missing.stderr
+    assert "@DOMAIN@ has no value: give DOMAIN=..." in missing.stderr
+    programs = run([sys.executable, deploy / "render.py", "supervisor", "/srv/x", "renderer", "renderer-web"],
+                   project).stdout  # fmt: skip
+    assert not [line for line in programs.splitlines() if "%(here)s" in line and not line.startswith(";")]
+    assert "programs=renderer-redis-cache,renderer-redis-sessions,renderer-gunicorn" in programs
+    assert programs.count("user=renderer\n") == 3
+    assert programs.count("--unixsocketperm 700") == 2

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOOLS, bake, commit_and_clone, context_for, project_processes, require, run
+from conftest import TOOLS, bake, commit_and_clone, context_for, project_module, project_processes, require, run
 
 DOMAIN = "socketstack.test"
 # Real installs: one per Redis choice, and Django 6.1 with the other values of
@@ -77,8 +77,9 @@ def wait_gone(pid, timeout=30):
     return False
 
 
-def stop_daemons_started_here(supervisord_before, nginx_before):
-    """Stop the system supervisord and nginx if they were not running before the test's installs."""
+def stop_daemons_started_since(nginx_before, supervisord_before):
+    """Stop the system supervisord and nginx when they were not running before
+    the test (the pids it saw then, or None): exactly what the test started."""
     if supervisord_before is None and (pid := supervisord_running()):
         subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "shutdown"], capture_output=True)
         wait_gone(pid)
@@ -132,23 +133,23 @@ class Server:
     def curl(self, url, *args, host=None, jar=True):
         """(curl exit code, status, headers as lowercase name -> [values], body)."""
         host = host or self.domain
-        headers_file = self.workdir / "headers.txt"
-        body_file = self.workdir / "body.txt"
-        headers_file.unlink(missing_ok=True)
-        body_file.unlink(missing_ok=True)
-        command = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.cert), "-D", str(headers_file),
-                   "-o", str(body_file), "-w", "%{http_code}",
-                   "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
-        if jar:
-            command += ["-b", str(self.jar), "-c", str(self.jar)]
-        result = subprocess.run([*command, *args, url], capture_output=True, text=True, timeout=30)
-        headers = {}
-        if headers_file.exists():
-            for line in headers_file.read_text(errors="replace").splitlines()[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers.setdefault(name.strip().lower(), []).append(value.strip())
-        body = body_file.read_text(errors="replace") if body_file.exists() else ""
+        # Files of this call only: the login burst runs eight curls at once.
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            headers_file = Path(scratch) / "headers.txt"
+            body_file = Path(scratch) / "body.txt"
+            command = ["curl", "-sS", "--max-time", "15", "--cacert", str(self.cert), "-D", str(headers_file),
+                       "-o", str(body_file), "-w", "%{http_code}",
+                       "--resolve", f"{host}:443:127.0.0.1", "--resolve", f"{host}:80:127.0.0.1"]  # fmt: skip
+            if jar:
+                command += ["-b", str(self.jar), "-c", str(self.jar)]
+            result = subprocess.run([*command, *args, url], capture_output=True, text=True, timeout=30)
+            headers = {}
+            if headers_file.exists():
+                for line in headers_file.read_text(errors="replace").splitlines()[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers.setdefault(name.strip().lower(), []).append(value.strip())
+            body = body_file.read_text(errors="replace") if body_file.exists() else ""
         status = int(result.stdout) if result.stdout.strip().isdigit() else 0
         return result.returncode, status, headers, body
 
@@ -280,7 +281,7 @@ def server(request, cookies_session, tmp_path_factory):
         if deployed.installed():
             deployed.uninstall()
         # Stop exactly the daemons that the install (or this fixture) started.
-        stop_daemons_started_here(supervisord_before, nginx_before)
+        stop_daemons_started_since(nginx_before, supervisord_before)
         if deployed.redis == "system" and not redis_before and system_redis_running():
             subprocess.run(["service", "redis-server", "stop"], capture_output=True)
         if python:
@@ -392,7 +393,7 @@ def test_env_file_and_layout_permissions(server):
     env_file = server.app_root / ".env"
     st = env_file.stat()
     assert st.st_mode & 0o777 in (0o600, 0o640)
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    values = project_module(server.project, f"{server.slug}/env.py").read_env_file(env_file)
     assert len(values["DJANGO_SECRET_KEY"]) >= 50
     assert values["DJANGO_DEBUG"] == "false" and values["SITE_HTTPS"] == "true"
     assert values["DJANGO_ALLOWED_HOSTS"] == DOMAIN
@@ -567,11 +568,21 @@ def _uid_of(proc_dir):
         ({"APP_ROOT": "webapps/x"}, "install.sh: ERROR: APP_ROOT='webapps/x' must be an absolute path"),
         ({"APP_ROOT": "/etc"}, "install.sh: ERROR: APP_ROOT='/etc' is a system directory"),
         ({"APP_ROOT": "/srv/" + "x" * 90}, "install.sh: ERROR: APP_ROOT='/srv/xxx"),
+        ({"LETSENCRYPT_EMAIL": "you"}, "install.sh: ERROR: LETSENCRYPT_EMAIL='you' is not an email address"),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_SERVER": "http://ca.test/dir"},
+            "install.sh: ERROR: ACME_SERVER='http://ca.test/dir' is not an https URL",
+        ),
+        (
+            {"LETSENCRYPT_EMAIL": "you@example.com", "ACME_CA_BUNDLE": "/no/such/ca.pem"},
+            "install.sh: ERROR: ACME_CA_BUNDLE='/no/such/ca.pem' is not a readable file",
+        ),
     ],
-    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root"],
+    ids=["scheme", "uppercase", "relative-root", "system-root", "long-root", "acme-email", "acme-server", "acme-ca"],
 )
 def test_bad_input_fails_first_with_the_fix(cookies_session, env, first_line):
-    """Bad settings stop install.sh before it changes anything, with one clear line."""
+    """Bad settings stop install.sh before it changes anything (and before the
+    root check), with one clear line."""
     project = bake(cookies_session, domain_name=DOMAIN)
     result = run([project / "deploy" / "install.sh"], project, env=env, check=False)
     assert result.returncode == 1

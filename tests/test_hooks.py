@@ -1,6 +1,6 @@
 """Unit tests of the hook functions, imported straight from hooks/."""
 
-import os
+import ast
 import shutil
 import socket
 import subprocess
@@ -59,7 +59,7 @@ def test_email_port_timezone_rules():
 def test_python_version_of_this_interpreter():
     assert pre.python_version(sys.executable) == sys.version_info[:2]
     assert pre.python_version("/nonexistent/python") is None
-    assert pre.check_python(sys.executable, "5.2") == sys.executable
+    assert pre.check_python(sys.executable, "5.2", "3.10") == sys.executable
 
 
 def test_message_names_field_value_and_rule():
@@ -75,6 +75,7 @@ CONTEXT = {
     "nginx_page_cache": True,
     "domain_name": "example.com",
     "local_port": "8000",
+    "project_slug": "my_site",
 }
 
 
@@ -117,15 +118,16 @@ def test_venv_commands_install_the_lock_prefer_uv_and_compile_bytecode(tmp_path)
 
 def test_remove_unused_files(tmp_path):
     (tmp_path / "deploy" / "redis").mkdir(parents=True)
-    (tmp_path / "web" / "sessions").mkdir(parents=True)
+    sessions = tmp_path / CONTEXT["project_slug"] / "sessions"
+    sessions.mkdir(parents=True)
     for name in ("cache.py", "cached_db.py"):
-        (tmp_path / "web" / "sessions" / name).write_text("")
+        (sessions / name).write_text("")
     removed = post.remove_unused_files(tmp_path, CONTEXT)
-    assert removed == [tmp_path / "web" / "sessions" / "cached_db.py"]
+    assert removed == [sessions / "cached_db.py"]
     assert (tmp_path / "deploy" / "redis").exists()
     post.remove_unused_files(tmp_path, {**CONTEXT, "redis": "system", "session_engine": "cached_db"})
     assert not (tmp_path / "deploy" / "redis").exists()
-    assert not (tmp_path / "web" / "sessions" / "cache.py").exists()
+    assert not (sessions / "cache.py").exists()
 
 
 def test_next_steps_mention_make_venv_only_when_needed(tmp_path):
@@ -207,10 +209,18 @@ def test_check_redis_without_redis_server(monkeypatch, tmp_path):
     assert lines == ["redis-server is not installed. Run: sudo apt-get install redis-server"]
 
 
-def test_hooks_are_valid_python_before_rendering():
+def test_hooks_keep_jinja_inside_string_literals():
+    """The hooks are valid Python before rendering: every `{{ cookiecutter ... }}`
+    sits in a string literal, so tools read them and the tests import them."""
     for module in (pre, post):
-        assert callable(module.main)
-    assert os.path.basename(pre.__file__) == "pre_gen_project.py"
+        source = Path(module.__file__).read_text()
+        literals = [
+            node.value
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        ]
+        assert source.count("{{ cookiecutter") >= 1
+        assert source.count("{{ cookiecutter") == sum(text.count("{{ cookiecutter") for text in literals)
 
 
 def test_template_code_is_ruff_clean():

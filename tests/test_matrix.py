@@ -144,7 +144,7 @@ def test_nginx_accepts_server_site(matrix, rendered, combo):
     assert "listen 443 ssl http2;" in text and f"server_name {MATRIX_DOMAIN};" in text
     assert f"include {locations};" in text
     assert f"server unix:{files['app_root']}/run/gunicorn.sock" in text
-    # preload is opt-in (the generated README, "Security").
+    # preload is opt-in (the generated docs/security.md).
     assert 'Strict-Transport-Security "max-age=31536000; includeSubDomains" always' in text
     # The locations must not add headers: that would drop HSTS there.
     directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]

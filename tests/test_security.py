@@ -4,7 +4,7 @@ machine, and over the network (loopback only) at the edge.
 
 Root only, like tests/test_deploy.py (run it under the machine-wide deploy
 lock). Both sites use dedicated Redis instances; with redis=system every site
-on the server shares Debian's instance, which the README says.
+on the server shares Debian's instance, which the generated docs/security.md says.
 """
 
 import json
@@ -25,7 +25,7 @@ from test_deploy import (
     Server,
     nginx_running,
     require_root,
-    stop_daemons_started_here,
+    stop_daemons_started_since,
     supervisord_running,
 )
 
@@ -72,7 +72,7 @@ def sites(cookies_session, tmp_path_factory):
         for site in installed.values():
             if site.installed():
                 site.uninstall()
-        stop_daemons_started_here(supervisord_before, nginx_before)
+        stop_daemons_started_since(nginx_before, supervisord_before)
 
 
 def probe(user, targets):

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 import requests
-from conftest import bake, project_processes, run, start_stack, stop_stack
+from conftest import Stack, bake, free_port, project_processes, run, start_stack, stop_stack
 
 pytestmark = pytest.mark.stack
 
@@ -128,8 +128,8 @@ def test_project_make_test_and_check(stack):
     stack.make("check", timeout=300)
 
 
-# Short test and project names: socket paths are limited to 107 bytes.
-def test_side_by_side(cookies, stack):
+# Short project names: socket paths are limited to 107 bytes.
+def test_two_projects_run_side_by_side_and_stop_apart(cookies, stack):
     """Two baked projects on different ports run at once, and stop apart."""
     other = start_stack(cookies, project_name="Two", session_engine="cached_db")
     try:
@@ -143,11 +143,10 @@ def test_side_by_side(cookies, stack):
     assert requests.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200
 
 
-def test_up_fails(cookies):
+def test_make_up_of_a_broken_project_fails_with_the_log_tail(cookies):
     """A project that cannot start makes `make up` fail and show the log tail."""
-    broken = start_stack(cookies, project_name="Bad")
+    broken = Stack(bake(cookies, venv=True, project_name="Bad", local_port=str(free_port())))
     try:
-        broken.make("down")
         # Only gunicorn imports wsgi.py: migrate and collectstatic still pass.
         wsgi = broken.project / broken.slug / "wsgi.py"
         wsgi.write_text(wsgi.read_text() + "\nraise RuntimeError('boom from wsgi')\n")

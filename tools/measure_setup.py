@@ -15,7 +15,6 @@ A measurement, printed as a table: no test asserts these figures.
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,16 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import free_port  # tools/ is this script's directory
+
 TEMPLATE = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PATHS = {"uv": f"{TOOLS}:{SYSTEM_PATH}", "no uv": SYSTEM_PATH}
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bake(out, path, port):

@@ -54,7 +54,8 @@ def when_ready(server):
 # does not change per program, so two apps would share one. Keep it here.
 control_socket = str(run_dir / "gunicorn.ctl")
 
-# Chosen with `make bench BENCH_COMPARE=workers` (README, "Performance"):
+# Chosen with the template's benchmark (cookiecutter-django-socketstack's
+# tools/bench.py --compare workers; its docs/performance.md has the tables):
 # sync workers beat gthread (2x4: 0.77x, 1x8: 0.40x of sync on a plain view);
 # from one worker per core to 2 x cores + 1 the rate stays within noise, so
 # one per core plus one (to cover a worker waiting on Redis or the database)

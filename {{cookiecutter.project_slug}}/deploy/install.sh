@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install or update {{ cookiecutter.project_name }} on a Debian 12 server. Run as root from a
+# Install or update this project on a Debian 12 server. Run as root from a
 # checkout of the project:  sudo deploy/install.sh
 #
 #   browser -> nginx (80 -> 443, TLS) -> APP_ROOT/run/gunicorn.sock -> gunicorn
@@ -10,8 +10,8 @@
 # file, so nobody is logged out. It installs requirements.lock, the versions
 # the tests ran, and stops first when that lock is older than pyproject.toml.
 # Settings (environment variables):
-#   DOMAIN=...     the site's name          (default: {{ cookiecutter.domain_name }})
-#   APP_ROOT=...   where the app lives      (default: /webapps/{{ cookiecutter.project_slug }})
+#   DOMAIN=...     the site's name          (default: DEFAULT_DOMAIN in deploy/project.env)
+#   APP_ROOT=...   where the app lives      (default: /webapps/<slug>)
 #   PYTHON=...     interpreter for the venv (default: the first of /usr/bin/python3,
 #                  python3.12, python3.13 that is new enough)
 #   LETSENCRYPT_EMAIL=you@example.com  get a Let's Encrypt certificate for DOMAIN
@@ -24,35 +24,24 @@
 # (no root needed; the template's tests run `nginx -t` on them).
 set -Eeuo pipefail
 
-SLUG="{{ cookiecutter.project_slug }}"
-DEFAULT_DOMAIN="{{ cookiecutter.domain_name }}"
-REDIS_MODE="{{ cookiecutter.redis }}"
-MIN_PYTHON="{{ '3.10' if cookiecutter.django_version == '5.2' else '3.12' }}"
-{% raw %}
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# SLUG, DEFAULT_DOMAIN, REDIS_MODE, MIN_PYTHON, APP_USER, WEB_GROUP, the
+# nginx and supervisor paths, say, ctl, has_systemd, nginx_user.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$SRC/deploy/common.sh"
 DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
 APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"
-APP_USER="$SLUG"
-# nginx's user joins only this group: it owns the gate to run/ (gunicorn.sock),
-# static/, media/, var/acme/ and the 50x page, nothing else of the app.
-WEB_GROUP="$SLUG-web"
-SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$APP_ROOT/.venv"
 ENV_FILE="$APP_ROOT/.env"
 MARKER="$APP_ROOT/.socketstack-app"
-NGINX_SITE="/etc/nginx/sites-available/$SLUG.conf"
-NGINX_LOCATIONS="/etc/nginx/snippets/$SLUG-locations.conf"
-NGINX_DEFAULT="/etc/nginx/sites-available/000-socketstack-default.conf"
-SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
 SELF_SIGNED_DIR="/etc/ssl/socketstack/$DOMAIN"
 LETSENCRYPT_DIR="/etc/letsencrypt/live/$DOMAIN"
 LETSENCRYPT_EMAIL="${LETSENCRYPT_EMAIL:-}"
 ACME_SERVER="${ACME_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
 ACME_CA_BUNDLE="${ACME_CA_BUNDLE:-}"
 ACME_FAILED=""
-STATE_DIR="/var/lib/socketstack"
 PAGE_CACHE_SNIPPETS=(page-cache-zone page-cache)
 PACKAGES=(nginx redis-server supervisor python3-venv openssl rsync curl ca-certificates)
-export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 umask 027
 
 STEP=""
@@ -79,10 +68,6 @@ step() {
     HINT="$2"
     printf '\n==> [%s s] %s\n' "$((SECONDS - STARTED))" "$STEP"
 }
-
-say() { printf '    %s\n' "$*"; }
-
-has_systemd() { [ -d /run/systemd/system ]; }
 
 # (0) Input ------------------------------------------------------------------
 
@@ -119,22 +104,22 @@ render_nginx() {
     local site="$1" locations="$2" default="$3" cert="$4" key="$5"
     local snippets name
     snippets="$(dirname "$locations")"
-    sed -e "s|@APP_ROOT@|$APP_ROOT|g" "$SRC/deploy/nginx/locations.conf" >"$locations.new"
+    render "$SRC/deploy/nginx/locations.conf" APP_ROOT="$APP_ROOT" >"$locations.new"
     # The page cache snippets exist only with nginx_page_cache: site.conf
     # includes them from the same snippets directory as the locations.
     for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
         [ ! -f "$SRC/deploy/nginx/$name.conf" ] ||
-            sed -e "s|@APP_ROOT@|$APP_ROOT|g" "$SRC/deploy/nginx/$name.conf" >"$snippets/$SLUG-$name.conf.new"
+            render "$SRC/deploy/nginx/$name.conf" APP_ROOT="$APP_ROOT" >"$snippets/$SLUG-$name.conf.new"
     done
-    sed -e "s|@APP_ROOT@|$APP_ROOT|g" -e "s|@DOMAIN@|$DOMAIN|g" -e "s|@LOCATIONS@|$locations|g" \
-        -e "s|@SNIPPETS@|$snippets|g" \
-        -e "s|@SSL_CERTIFICATE@|$cert|g" -e "s|@SSL_CERTIFICATE_KEY@|$key|g" \
-        "$SRC/deploy/nginx/site.conf" >"$site.new"
-    cp "$SRC/deploy/nginx/default.conf" "$default.new"
-    if [ ! -e /proc/net/if_inet6 ]; then
-        # No IPv6 on this machine: nginx could not bind [::].
-        sed -i -e '/listen \[::\]/d' "$site.new" "$default.new"
-    fi
+    render "$SRC/deploy/nginx/site.conf" APP_ROOT="$APP_ROOT" DOMAIN="$DOMAIN" LOCATIONS="$locations" \
+        SNIPPETS="$snippets" SSL_CERTIFICATE="$cert" SSL_CERTIFICATE_KEY="$key" >"$site.new"
+    render "$SRC/deploy/nginx/default.conf" >"$default.new"
+}
+
+render() {
+    # deploy/render.py fills in every deploy file, for `make up` too; it needs
+    # only the standard library, so the system's python3 runs it.
+    python3 "$SRC/deploy/render.py" "$@"
 }
 
 if [ "${1:-}" = "--render-nginx" ]; then
@@ -224,7 +209,7 @@ make_layout() {
     # everything below is closed to them except through group $WEB_GROUP, which
     # nginx's user joins: run/ (0710, so it reaches gunicorn.sock but cannot
     # list run/; the Redis sockets are 0700), static/, media/ and var/acme/
-    # (setgid, so new files keep the group). See the README, "What lives where".
+    # (setgid, so new files keep the group). See docs/deploy.md, "What lives where".
     local spec
     for spec in \
         ".:0751:root:$APP_USER" "logs:0750:root:$APP_USER" "var:0751:root:$APP_USER" \
@@ -428,26 +413,8 @@ step_django() {
 render_supervisor() {
     # programs.conf with %(here)s/../.. spelled as the app root, each program
     # as the app user, and one group to start, stop and signal them together.
-    local programs
-    programs="$(sed -n 's/^\[program:\(.*\)\]$/\1/p' "$APP_ROOT/deploy/supervisor/programs.conf" | paste -sd, -)"
-    printf '; Written by deploy/install.sh from %s/deploy/supervisor/programs.conf:\n' "$APP_ROOT"
-    printf '; edit that file and run install.sh again, not this copy.\n'
-    sed -e "s|%(here)s/\.\./\.\.|$APP_ROOT|g" -e "s|%(here)s/\.\.|$APP_ROOT/deploy|g" \
-        -e 's|^\(command=redis-server .*\)$|\1 --unixsocketperm 700|' \
-        "$APP_ROOT/deploy/supervisor/programs.conf" |
-        awk -v user="$APP_USER" -v root="$APP_ROOT" -v web="$WEB_GROUP" '
-            { print }
-            /^\[program:/ {
-                print "user=" user
-                # supervisor keeps its own HOME for user=; no secrets here.
-                # GUNICORN_SOCKET_GROUP: gunicorn.sock is 0770 with group
-                # WEB_GROUP, which nginx joins (deploy/gunicorn.conf.py).
-                print "environment=HOME=\"" root "\",USER=\"" user "\",LANG=\"C.UTF-8\",GUNICORN_SOCKET_GROUP=\"" web "\""
-            }'
-    printf '\n[group:%s]\nprograms=%s\n' "$SLUG" "$programs"
+    python3 "$APP_ROOT/deploy/render.py" supervisor "$APP_ROOT" "$APP_USER" "$WEB_GROUP"
 }
-
-ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
 
 supervisor_running() { ctl pid >/dev/null 2>&1; }
 
@@ -499,17 +466,22 @@ step_supervisor() {
     wait_programs
 }
 
+say_lines() {
+    local line
+    while IFS= read -r line; do say "$line"; done <<<"$1"
+}
+
 wait_programs() {
     local states
     for _ in $(seq 150); do
         states="$(ctl status "$SLUG:*" 2>/dev/null || true)"
         if [ -n "$states" ] && ! grep -qv RUNNING <<<"$states"; then
-            sed 's/^/    /' <<<"$states"
+            say_lines "$states"
             return 0
         fi
         sleep 0.2
     done
-    sed 's/^/    /' <<<"$states"
+    say_lines "$states"
     say "not every program is RUNNING after 30 s"
     return 1
 }
@@ -526,7 +498,7 @@ certificate() {
     # An older install's placeholder was a CA certificate (CA:TRUE): replaced.
     if [ -s "$CERT" ] && [ -s "$KEY" ] && openssl x509 -checkend 86400 -noout -in "$CERT" >/dev/null &&
         openssl x509 -noout -ext basicConstraints -in "$CERT" 2>/dev/null | grep -q "CA:FALSE"; then
-        say "certificate: self-signed ($CERT), until certbot gets a real one (see the README)"
+        say "certificate: self-signed ($CERT), until certbot gets a real one (see docs/deploy.md)"
         return
     fi
     install -d -m 0755 "$SELF_SIGNED_DIR"
@@ -538,10 +510,8 @@ certificate() {
     mv "$KEY.new" "$KEY"
     mv "$CERT.new" "$CERT"
     say "certificate: new self-signed one for $DOMAIN in $SELF_SIGNED_DIR, so that nginx starts;"
-    say "get a real one with certbot (README, \"Deploying to a server\")"
+    say "get a real one with certbot (docs/deploy.md, \"A real certificate\")"
 }
-
-nginx_user() { awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf; }
 
 nginx_running() { [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; }
 
@@ -551,7 +521,6 @@ step_nginx() {
     local www f
     certificate
     www="$(nginx_user)"
-    www="${www:-www-data}"
     # nginx's workers reach run/gunicorn.sock, static/ and media/ through
     # $WEB_GROUP only; an older install had put them in the app's group,
     # which also reads .env, var/ and logs/.
@@ -795,4 +764,3 @@ main() {
 }
 
 main
-{% endraw %}

@@ -6,6 +6,7 @@ gunicorn and nginx, all on unix sockets in run/ except nginx's
 config, starts or updates supervisord and waits for /healthz through nginx.
 """
 
+import importlib
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
+import render
 from supervisor.xmlrpc import SupervisorTransport
 
 SLUG = "{{ cookiecutter.project_slug }}"
@@ -43,26 +45,22 @@ class StackError(Exception):
     """A failure with a message that tells the user what to do."""
 
 
-def read_env(root=ROOT):
-    values = {}
-    env_file = root / ".env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.strip().startswith("#"):
-                values[key.strip()] = value.strip()
-    return values
+def read_env():
+    """.env through the project's own parser (SLUG/env.py, standard library only)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"{SLUG}.env").read_env_file(ROOT / ".env")
 
 
-def local_port(root=ROOT):
-    return int(os.environ.get("LOCAL_PORT") or read_env(root).get("LOCAL_PORT") or 8000)
+def local_port():
+    return int(os.environ.get("LOCAL_PORT") or read_env().get("LOCAL_PORT") or 8000)
 
 
-def prepare_dirs(root=ROOT):
+def prepare_dirs():
     """Create the writable directories and prove they are writable."""
-    check_socket_paths(root)
+    check_socket_paths()
     for name in DIRS:
-        path = root / name
+        path = ROOT / name
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
@@ -82,33 +80,32 @@ SOCKET_PATH_MAX = 107
 LONGEST_SOCKET = "deploy/supervisor/../../run/redis-sessions.sock"
 
 
-def check_socket_paths(root=ROOT):
-    longest = f"{root}/{LONGEST_SOCKET}"
+def check_socket_paths():
+    longest = f"{ROOT}/{LONGEST_SOCKET}"
     if len(longest.encode()) > SOCKET_PATH_MAX:
         raise StackError(
-            f"{root}: the path is too long for unix sockets ({len(longest.encode())} > {SOCKET_PATH_MAX} bytes "
+            f"{ROOT}: the path is too long for unix sockets ({len(longest.encode())} > {SOCKET_PATH_MAX} bytes "
             f"for {longest}). Move the project to a shorter path."
         )
 
 
-def fill_in(template, root, port, user_line):
-    for placeholder, value in (("@APP_ROOT@", root), ("@LOCAL_PORT@", port), ("@USER_LINE@", user_line)):
-        template = template.replace(placeholder, str(value))
-    return template
+def local_values(port):
+    """What deploy/render.py fills into the local nginx files."""
+    return {"APP_ROOT": ROOT, "LOCAL_PORT": port, "USER_LINE": nginx_user_line()}
 
 
-def render(root=ROOT):
+def render_only():
     """Prepare directories and write the nginx config, without starting anything."""
-    prepare_dirs(root)
-    render_nginx(root)
-    print(f"nginx config written to {root / 'run' / 'nginx' / 'nginx.conf'}")
+    prepare_dirs()
+    render_nginx()
+    print(f"nginx config written to {ROOT / 'run' / 'nginx' / 'nginx.conf'}")
 
 
-def local_nginx_templates(root=ROOT):
+def local_nginx_templates():
     """The files of deploy/nginx/ that the local stack uses (site.conf and default.conf are the server's)."""
     # The page cache snippets exist only with the nginx_page_cache option.
     names = ("local.conf", "locations.conf", "page-cache-zone.conf", "page-cache.conf")
-    return [root / "deploy" / "nginx" / name for name in names if (root / "deploy" / "nginx" / name).exists()]
+    return [ROOT / "deploy" / "nginx" / name for name in names if (ROOT / "deploy" / "nginx" / name).exists()]
 
 
 def nginx_user_line():
@@ -117,48 +114,48 @@ def nginx_user_line():
     return "user root root;" if os.geteuid() == 0 else ""
 
 
-def render_nginx(root=ROOT, port=None):
+def render_nginx(port=None):
     """Write run/nginx/ (local.conf as nginx.conf); return True when anything changed."""
-    port = port or local_port(root)
+    values = local_values(port or local_port())
     changed = False
-    for template in local_nginx_templates(root):
-        text = fill_in(template.read_text(), root, port, nginx_user_line())
-        target = root / "run" / "nginx" / ("nginx.conf" if template.name == "local.conf" else template.name)
+    for template in local_nginx_templates():
+        text = render.fill_in(template.read_text(), values)
+        target = ROOT / "run" / "nginx" / ("nginx.conf" if template.name == "local.conf" else template.name)
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
             changed = True
     return changed
 
 
-def rpc(root=ROOT):
-    transport = SupervisorTransport(None, None, f"unix://{root}/run/supervisor.sock")
+def rpc():
+    transport = SupervisorTransport(None, None, f"unix://{ROOT}/run/supervisor.sock")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
-def supervisor_running(root=ROOT):
+def supervisor_running():
     try:
-        return rpc(root).supervisor.getState()["statename"] == "RUNNING"
+        return rpc().supervisor.getState()["statename"] == "RUNNING"
     except (OSError, xmlrpc.client.Fault):
         return False
 
 
-def remove_stale_files(root=ROOT):
+def remove_stale_files():
     """After a crash, sockets and pid files stay behind and block a new start.
 
     Runs when supervisord is not running: in `make down` and before a fresh start.
     """
-    for path in list((root / "run").glob("*.sock")) + list((root / "run").glob("*.pid")):
+    for path in list((ROOT / "run").glob("*.sock")) + list((ROOT / "run").glob("*.pid")):
         path.unlink(missing_ok=True)
-    (root / "run" / "gunicorn.ctl").unlink(missing_ok=True)
+    (ROOT / "run" / "gunicorn.ctl").unlink(missing_ok=True)
     # nginx's page cache (nginx_page_cache): entries live 5 s anyway, but a
     # fresh stack starts empty, so `make down` / `make up` is a purge.
-    shutil.rmtree(root / "var" / "nginx-cache", ignore_errors=True)
+    shutil.rmtree(ROOT / "var" / "nginx-cache", ignore_errors=True)
 
 
-def venv_tool(module, root=ROOT):
+def venv_tool(module):
     # `python -m`, not the .venv/bin script: a script's #! line holds the path
     # where .venv was made, and the project folder may have moved since.
-    return [str(root / ".venv" / "bin" / "python"), "-m", module]
+    return [str(ROOT / ".venv" / "bin" / "python"), "-m", module]
 
 
 def supervisor_env():
@@ -167,22 +164,20 @@ def supervisor_env():
     return env
 
 
-def manage(*args, root=ROOT):
-    subprocess.run([sys.executable, str(root / "manage.py"), *args], cwd=root, check=True)
+def manage(*args):
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, check=True)
 
 
-def start_or_update(root=ROOT, nginx_changed=False):
-    if supervisor_running(root):
-        ctl = [*venv_tool("supervisor.supervisorctl", root), "-c", str(SUPERVISOR_CONF)]
+def start_or_update(nginx_changed=False):
+    if supervisor_running():
+        ctl = [*venv_tool("supervisor.supervisorctl"), "-c", str(SUPERVISOR_CONF)]
         subprocess.run([*ctl, "update"], check=True, env=supervisor_env(), stdout=subprocess.DEVNULL)
         subprocess.run([*ctl, "start", "all"], env=supervisor_env(), stdout=subprocess.DEVNULL)
         if nginx_changed:
-            rpc(root).supervisor.signalProcess(f"{SLUG}:{SLUG}-nginx", "HUP")
+            rpc().supervisor.signalProcess(f"{SLUG}:{SLUG}-nginx", "HUP")
         return "updated"
-    remove_stale_files(root)
-    subprocess.run(
-        [*venv_tool("supervisor.supervisord", root), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env()
-    )
+    remove_stale_files()
+    subprocess.run([*venv_tool("supervisor.supervisord"), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env())
     return "started"
 
 
@@ -208,13 +203,13 @@ def tail(path, lines=50):
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def explain_failure(root=ROOT):
+def explain_failure():
     """Name the programs that are not running and show the end of their logs."""
     report = []
     try:
-        processes = rpc(root).supervisor.getAllProcessInfo()
+        processes = rpc().supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Fault):
-        return "supervisord is not running:\n" + tail(root / "logs" / "supervisord.log")
+        return "supervisord is not running:\n" + tail(ROOT / "logs" / "supervisord.log")
     broken = [p for p in processes if p["statename"] != "RUNNING"]
     for process in broken or processes:
         report.append(f"--- {process['name']}: {process['statename']} (log: {process['stdout_logfile']})")
@@ -222,7 +217,7 @@ def explain_failure(root=ROOT):
     return "\n".join(report)
 
 
-def wait_healthy(port, root=ROOT, timeout=None):
+def wait_healthy(port, timeout=None):
     timeout = timeout or float(os.environ.get("UP_TIMEOUT", "30"))
     deadline = time.monotonic() + timeout
     status = None
@@ -231,37 +226,37 @@ def wait_healthy(port, root=ROOT, timeout=None):
         if status == 200:
             return
         time.sleep(0.2)
-    raise StackError(f"/healthz did not answer 200 within {timeout:.0f} s (last: {status}).\n" + explain_failure(root))
+    raise StackError(f"/healthz did not answer 200 within {timeout:.0f} s (last: {status}).\n" + explain_failure())
 
 
-def up(root=ROOT):
+def up():
     started = time.monotonic()
-    port = local_port(root)
-    prepare_dirs(root)
-    if not supervisor_running(root) and port_in_use(port):
+    port = local_port()
+    prepare_dirs()
+    if not supervisor_running() and port_in_use(port):
         # Otherwise whatever answers there would pass for this stack.
         raise StackError(
             f"127.0.0.1:{port} is already taken by another program. "
             "Stop it, or set LOCAL_PORT in .env to a free port, then run `make up` again."
         )
-    nginx_changed = render_nginx(root, port)
-    manage("migrate", "--noinput", "-v", "0", root=root)
-    manage("collectstatic", "--noinput", "-v", "0", root=root)
-    action = start_or_update(root, nginx_changed)
-    wait_healthy(port, root)
+    nginx_changed = render_nginx(port)
+    manage("migrate", "--noinput", "-v", "0")
+    manage("collectstatic", "--noinput", "-v", "0")
+    action = start_or_update(nginx_changed)
+    wait_healthy(port)
     print(f"Stack {action} in {time.monotonic() - started:.1f} s: http://127.0.0.1:{port}/")
 
 
-def down(root=ROOT, timeout=60):
-    if supervisor_running(root):
-        pid = rpc(root).supervisor.getPID()
-        rpc(root).supervisor.shutdown()
+def down(timeout=60):
+    if supervisor_running():
+        pid = rpc().supervisor.getPID()
+        rpc().supervisor.shutdown()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
         if pid_alive(pid):
             raise StackError(f"supervisord (pid {pid}) is still running after {timeout} s; see logs/supervisord.log.")
-    remove_stale_files(root)
+    remove_stale_files()
     print("Stack stopped.")
 
 
@@ -276,7 +271,7 @@ def pid_alive(pid):
 
 
 def main(argv):
-    commands = {"up": up, "down": down, "render": render}
+    commands = {"up": up, "down": down, "render": render_only}
     if len(argv) != 2 or argv[1] not in commands:
         sys.exit(f"usage: {argv[0]} " + "|".join(commands))
     try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Undo deploy/install.sh for {{ cookiecutter.project_name }}: stop and remove the supervisor
+# Undo deploy/install.sh for this project: stop and remove the supervisor
 # programs, the nginx site and the self-signed certificate, then the app root
 # (code, venv, database, Redis data, uploads, env file) and the app's user and
 # group. Debian's packages stay installed.
@@ -7,23 +7,15 @@
 #   sudo deploy/uninstall.sh --keep-data  keep APP_ROOT and the user (reinstall later)
 set -Eeuo pipefail
 
-SLUG="{{ cookiecutter.project_slug }}"
-DEFAULT_DOMAIN="{{ cookiecutter.domain_name }}"
-{% raw %}
-APP_USER="$SLUG"
-WEB_GROUP="$SLUG-web"
-SUPERVISOR_CONF="/etc/supervisor/conf.d/$SLUG.conf"
-NGINX_SITE="/etc/nginx/sites-available/$SLUG.conf"
-NGINX_LOCATIONS="/etc/nginx/snippets/$SLUG-locations.conf"
-NGINX_DEFAULT="/etc/nginx/sites-available/000-socketstack-default.conf"
-STATE_DIR="/var/lib/socketstack"
-export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# SLUG, DEFAULT_DOMAIN, APP_USER, WEB_GROUP, the nginx and supervisor paths,
+# say, ctl, nginx_user.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 fail() {
     echo "uninstall.sh: ERROR: $*" >&2
     exit 1
 }
-say() { printf '    %s\n' "$*"; }
 step() { printf '\n==> %s\n' "$*"; }
 
 KEEP_DATA=no
@@ -44,8 +36,6 @@ if [ -f "$NGINX_SITE" ]; then
     DOMAIN="$(awk '$1 == "server_name" { sub(/;$/, "", $2); print $2; exit }' "$NGINX_SITE")"
 fi
 echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA"
-
-ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
 
 step "supervisor: stop and remove $SLUG:*"
 if [ -f "$SUPERVISOR_CONF" ]; then
@@ -99,15 +89,15 @@ if [ -n "$DOMAIN" ] && [ -d "/etc/ssl/socketstack/$DOMAIN" ]; then
     rmdir /etc/ssl/socketstack 2>/dev/null || true
     say "removed the self-signed certificate (Let's Encrypt's, if any, stay: certbot delete --cert-name $DOMAIN)"
 fi
-NGINX_USER="$(awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf 2>/dev/null || true)"
-if getent group "$APP_USER" >/dev/null && id -nG "${NGINX_USER:-www-data}" 2>/dev/null | tr ' ' '\n' | grep -qx "$APP_USER"; then
+NGINX_USER="$(nginx_user)"
+if getent group "$APP_USER" >/dev/null && id -nG "$NGINX_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$APP_USER"; then
     # An install from before group $WEB_GROUP (exact name: grep -w would match it too).
-    gpasswd -d "${NGINX_USER:-www-data}" "$APP_USER" >/dev/null
-    say "${NGINX_USER:-www-data} left group $APP_USER"
+    gpasswd -d "$NGINX_USER" "$APP_USER" >/dev/null
+    say "$NGINX_USER left group $APP_USER"
 fi
 if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
     if nginx -t 2>/dev/null; then
-        if [ -d /run/systemd/system ]; then systemctl reload nginx; else nginx -s reload; fi
+        if has_systemd; then systemctl reload nginx; else nginx -s reload; fi
         say "nginx reloaded"
     else
         say "WARNING: nginx -t fails (see \`nginx -t\`): nginx not reloaded"
@@ -140,4 +130,3 @@ else
 fi
 echo
 echo "uninstall.sh: done. Debian's packages (nginx, redis-server, supervisor, ...) stay installed."
-{% endraw %}

@@ -10,7 +10,7 @@ def test_healthz_ok_when_everything_answers(client):
 
 
 @pytest.mark.parametrize("alias, name", [("default", "cache"), ("sessions", "sessions")])
-def test_healthz_503_names_the_missing_socket(client, settings, tmp_path, alias, name):
+def test_healthz_503_names_the_missing_socket(client, settings, tmp_path, mailoutbox, alias, name):
     settings.CACHES = {
         **settings.CACHES,
         alias: {**settings.CACHES[alias], "LOCATION": f"unix://{tmp_path}/gone.sock?db=0"},
@@ -18,3 +18,5 @@ def test_healthz_503_names_the_missing_socket(client, settings, tmp_path, alias,
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["failed"] == [name]
+    # An outage is one log line per probe, never an error mail per probe.
+    assert mailoutbox == []

@@ -39,18 +39,18 @@ def test_pages_without_sessions_still_answer(admin_client_then_outage):
 
 
 def test_django_internals_the_outage_code_relies_on(rf, caplog):
-    """web/ leans on two Django internals; a Django upgrade that changes them fails here.
+    """{{ cookiecutter.project_slug }}/ leans on two Django internals; a Django upgrade that changes them fails here.
 
-    - web.sessions.cached_db calls the database store past Django's cached_db
+    - sessions/cached_db.py calls the database store past Django's cached_db
       store (super(cached_db.SessionStore, self)): that must be db.SessionStore.
-    - web.middleware marks its 503 with response._has_been_logged, which
+    - middleware.py marks its 503 with response._has_been_logged, which
       django.utils.log.log_response reads so the expected 503 is not logged twice.
     """
     from django.contrib.sessions.backends import cached_db, db
     from django.utils.log import log_response
 
-    from web.middleware import service_unavailable
-    from web.sessions import REDIS_ERRORS
+    from {{ cookiecutter.project_slug }}.middleware import service_unavailable
+    from {{ cookiecutter.project_slug }}.sessions import REDIS_ERRORS
 
     assert cached_db.SessionStore.__mro__[1] is db.SessionStore
     request = rf.get("/admin/")

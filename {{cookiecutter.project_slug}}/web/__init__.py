@@ -1,0 +1,1 @@
+"""Your first app: the home page (views, templates, static). Change or replace it."""

@@ -10,15 +10,25 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of an env file (blank and `#` lines skipped, quotes stripped).
+
+    The one .env parser of the project: deploy/local_stack.py uses it too.
+    """
+    values = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
 def load_env_file(path: Path) -> None:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+    for key, value in read_env_file(path).items():
+        os.environ.setdefault(key, value)
 
 
 def get_str(key: str, default: str = "") -> str:

@@ -37,7 +37,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # A sessions Redis outage is a 503 page, not a 500 or a logout.
-    "web.middleware.RedisUnavailableMiddleware",
+    "{{ cookiecutter.project_slug }}.middleware.RedisUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -115,9 +115,9 @@ CACHES = {
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # Django's cache and cached_db stores, made safe against Redis faults: see
-# web/sessions/ (an outage never deletes a session cookie; cached_db keeps
+# {{ cookiecutter.project_slug }}/sessions/ (an outage never deletes a session cookie; cached_db keeps
 # working from the database).
-SESSION_ENGINE = "web.sessions.{{ cookiecutter.session_engine }}"
+SESSION_ENGINE = "{{ cookiecutter.project_slug }}.sessions.{{ cookiecutter.session_engine }}"
 SESSION_CACHE_ALIAS = "sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -154,13 +154,25 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = SITE_HTTPS
 # domain to the browsers' preload list, and leaving it takes months. To opt
 # in, add `preload` to the header in deploy/nginx/site.conf (nginx sends the
 # header, Django's is hidden), set this to SITE_HTTPS and remove the silenced
-# check below (README, "Security").
+# check below (docs/security.md).
 SECURE_HSTS_PRELOAD = False
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 ADMINS = [("{{ cookiecutter.author_name }}", "{{ cookiecutter.email }}")]
 SERVER_EMAIL = env.get_str("DJANGO_SERVER_EMAIL", "root@{{ cookiecutter.domain_name }}")
+DEFAULT_FROM_EMAIL = SERVER_EMAIL
+# Mail (the 500 errors ADMINS gets, password resets) leaves through the SMTP
+# server that EMAIL_HOST names. Without one (the local stack, a server not yet
+# set up) the console backend writes each mail to the log instead.
+EMAIL_HOST = env.get_str("EMAIL_HOST", "")
+EMAIL_BACKEND = "django.core.mail.backends." + ("smtp.EmailBackend" if EMAIL_HOST else "console.EmailBackend")
+EMAIL_PORT = int(env.get_str("EMAIL_PORT", "587"))
+EMAIL_HOST_USER = env.get_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.get_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env.get_bool("EMAIL_USE_TLS", True)
+# A stuck SMTP server must not hold a gunicorn worker for long.
+EMAIL_TIMEOUT = 10
 
 # Everything goes to stderr: supervisor (local stack and server) keeps the log.
 LOGGING = {

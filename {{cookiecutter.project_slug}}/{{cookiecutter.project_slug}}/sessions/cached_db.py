@@ -7,7 +7,7 @@ it checks whether a new key exists (every login) or when it deletes a session
 down. Here every Redis error is logged and the database answers.
 
 A write or delete that Redis missed can leave a stale copy there once it is
-back: the README's runbook says to flush the sessions Redis after an outage
+back: docs/runbook.md says to flush the sessions Redis after an outage
 (it only holds copies; the database has every session).
 """
 

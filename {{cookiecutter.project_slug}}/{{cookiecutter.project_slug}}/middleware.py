@@ -18,9 +18,9 @@ import sys
 from django.http import HttpResponse
 from django.views import defaults
 
-from web.sessions import REDIS_ERRORS
+from .sessions import REDIS_ERRORS
 
-logger = logging.getLogger("web.outage")
+logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 30
 PAGE = """<!doctype html>

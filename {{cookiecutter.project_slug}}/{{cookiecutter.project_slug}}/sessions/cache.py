@@ -9,7 +9,7 @@ class SessionStore(cache.SessionStore):
     def load(self):
         # Django's load() turns any error into an empty session and forgets the
         # key, and SessionMiddleware then deletes the cookie. Let an outage
-        # through instead (web.middleware answers 503); other errors (an
+        # through instead (middleware.py answers 503); other errors (an
         # invalid key) still mean "no session".
         try:
             session_data = self._cache.get(self.cache_key)

@@ -1,21 +1,28 @@
-"""`make bench`: measure the stack through nginx with wrk, as ratios to nginx's own rate.
+"""Measure a baked project's stack through nginx with wrk, as ratios to nginx's own rate.
 
-Absolute rates depend on the machine and on whatever else runs on it, so every
-row is also given as a ratio to the rate at which the same nginx serves a
-static file in the same round, and each figure is the median of several
-rounds. What it runs, and stops again:
+    .venv/bin/python tools/bench.py [--compare all]               # bakes a default project first
+    .venv/bin/python tools/bench.py --project /path/to/my_site    # a baked project with its .venv
 
-- the local stack (`make up`) when it is not running: its Redis instances, the
-  database, migrations and collectstatic;
+It measures the template's choices (workers, session stores, Redis over a
+socket or TCP, Redis client options, nginx's page cache); docs/performance.md
+holds the tables and what they mean. Absolute rates depend on the machine and
+on whatever else runs on it, so every row is also given as a ratio to the rate
+at which the same nginx serves a static file in the same round, and each
+figure is the median of several rounds. What it runs, and stops again:
+
+- the project's local stack (`make up`) when it is not running: its Redis
+  instances, the database, migrations and collectstatic;
 - its own gunicorn on run/bench-gunicorn.sock, with settings that add the
-  /bench/ endpoints (web/bench_views.py), restarted for each variant;
+  /bench/ endpoints (views written to the project's var/bench/, never into its
+  code), restarted for each variant;
 - its own nginx on a free 127.0.0.1 port, with the project's nginx config
   (deploy/nginx/) pointed at that gunicorn;
 - for `--compare redis`, a throwaway redis-server listening on a unix socket
   and on 127.0.0.1 at once.
 
 Nothing is installed; without wrk it says how to get it. Results: a table on
-stdout and a JSON file (var/bench/latest.json unless --json is given).
+stdout, a JSON file (the project's var/bench/latest.json unless --json is
+given) and the same tables in Markdown next to it, for docs/performance.md.
 """
 
 import argparse
@@ -33,15 +40,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import local_stack
-
-ROOT = local_stack.ROOT
-SLUG = local_stack.SLUG
-RUN = ROOT / "run"
-WORK = ROOT / "var" / "bench"
-LOGS = ROOT / "logs"
-GUNICORN_SOCKET = RUN / "bench-gunicorn.sock"
-REDIS_SOCKET = RUN / "bench-redis.sock"
+TEMPLATE = Path(__file__).resolve().parent.parent
+# Set by use_project(): the baked project measured and its deploy/local_stack.py.
+local_stack = ROOT = SLUG = RUN = WORK = LOGS = GUNICORN_SOCKET = REDIS_SOCKET = None
 CPUS = os.cpu_count() or 1
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
@@ -50,6 +51,39 @@ WRK_CONNECTIONS = 16
 # cookie would also bypass nginx, but Django would then look the session up
 # and delete the cookie.)
 BYPASS_HEADER = "Authorization: Bearer bench-bypasses-the-page-cache"
+
+# The views behind the /bench/ rows, added by the bench's own URLconf only.
+BENCH_VIEWS = """from django.http import HttpResponse
+
+
+def plain(request):
+    # An anonymous page that Django renders every time: no session, no cache.
+    return HttpResponse("plain\\n", content_type="text/plain")
+
+
+def session_write(request):
+    # Load the session named by the cookie, change it, save it.
+    request.session["hits"] = request.session.get("hits", 0) + 1
+    return HttpResponse("written\\n", content_type="text/plain")
+
+
+def session_read(request):
+    # Load the session named by the cookie; nothing is saved.
+    return HttpResponse(f"hits={request.session.get('hits', 0)}\\n", content_type="text/plain")
+"""
+BENCH_URLS = """from django.urls import path
+
+import bench_views
+from {slug}.urls import *  # noqa: F403
+from {slug}.urls import urlpatterns
+
+urlpatterns = [
+    *urlpatterns,
+    path("bench/plain", bench_views.plain),
+    path("bench/session-write", bench_views.session_write),
+    path("bench/session-read", bench_views.session_read),
+]
+"""
 
 # name: (path, request header, what it measures). "session" stands for the
 # cookie of a session that the bench creates before measuring.
@@ -171,7 +205,36 @@ def comparisons(tcp_port):
     }
 
 
-# (1) Processes the bench starts and stops ---------------------------------------
+# (1) The project, and the processes the bench starts and stops --------------------
+
+
+def use_project(project):
+    """Point the bench at a baked project: import its deploy/local_stack.py, set the paths."""
+    global local_stack, ROOT, SLUG, RUN, WORK, LOGS, GUNICORN_SOCKET, REDIS_SOCKET
+    project = Path(project).resolve()
+    if not (project / "deploy" / "local_stack.py").exists() or not (project / ".venv").exists():
+        raise RuntimeError(f"--project {project}: not a baked project with a .venv (run `make venv` there)")
+    sys.path.insert(0, str(project / "deploy"))
+    import local_stack as module
+
+    local_stack, ROOT, SLUG = module, module.ROOT, module.SLUG
+    RUN, WORK, LOGS = ROOT / "run", ROOT / "var" / "bench", ROOT / "logs"
+    GUNICORN_SOCKET, REDIS_SOCKET = RUN / "bench-gunicorn.sock", RUN / "bench-redis.sock"
+
+
+def bake(output_dir):
+    """Bake a default project (with its .venv) into output_dir, or reuse the one there; return its path."""
+    from cookiecutter.main import cookiecutter
+
+    baked = sorted(output_dir.glob("*/.venv"))
+    if baked:
+        return baked[0].parent
+
+    os.environ.setdefault("SOCKETSTACK_SKIP_REDIS_CHECK", "1")
+    # A free port: 8000, the default, may be taken by a project of your own.
+    answers = {"local_port": str(free_port())}
+    project = cookiecutter(str(TEMPLATE), no_input=True, extra_context=answers, output_dir=str(output_dir))
+    return Path(project)
 
 
 def free_port():
@@ -240,9 +303,9 @@ def nginx_config(port):
         text = path.read_text()
         for old, new in moves.items():
             text = text.replace(old, new)
-        files[path.name] = local_stack.fill_in(text, ROOT, port, local_stack.nginx_user_line())
+        files[path.name] = local_stack.render.fill_in(text, local_stack.local_values(port))
     if f"unix:{GUNICORN_SOCKET}" not in files["local.conf"] or f"{WORK}/nginx.pid" not in files["local.conf"]:
-        raise RuntimeError("deploy/nginx/local.conf changed: update the paths in deploy/bench.py's nginx_config()")
+        raise RuntimeError("deploy/nginx/local.conf changed: update the paths in tools/bench.py's nginx_config()")
     files["nginx.conf"] = files.pop("local.conf")
     return files
 
@@ -262,8 +325,10 @@ def start_nginx(port):
 
 def write_settings(lines):
     """A settings module for the bench's gunicorn: the project's, plus the /bench/ views and a variant's changes."""
-    text = "\n".join([f"from {SLUG}.settings import *  # noqa: F403", "", "BENCH_VIEWS = True", *lines, ""])
-    (WORK / "bench_settings.py").write_text(text)
+    (WORK / "bench_views.py").write_text(BENCH_VIEWS)
+    (WORK / "bench_urls.py").write_text(BENCH_URLS.format(slug=SLUG))
+    header = [f"from {SLUG}.settings import *  # noqa: F403", "", "ROOT_URLCONF = 'bench_urls'"]
+    (WORK / "bench_settings.py").write_text("\n".join([*header, *lines, ""]))
 
 
 def start_gunicorn(entry, port):
@@ -441,7 +506,7 @@ def table(name, result):
 
 
 def markdown(report):
-    """The results as Markdown tables, ready for the README's performance section."""
+    """The results as Markdown tables, ready for docs/performance.md."""
     lines = [
         f"{report['cpus']} CPUs, wrk -t{report['wrk']['threads']} -c{report['wrk']['connections']} on loopback, "
         f"{report['seconds']} s per row, medians of {report['rounds']} rounds ({report['date']}).",
@@ -505,17 +570,35 @@ def main(argv=None):
         default="",
         help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
     )
-    parser.add_argument("--json", type=Path, default=WORK / "latest.json", help="where to write the results")
+    parser.add_argument("--project", type=Path, help="a baked project with its .venv (default: bake one)")
+    parser.add_argument(
+        "--bake-into", type=Path, default=TEMPLATE / "var" / "bench", help="where to bake when --project is not given"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="where to write the results (default: <project>/var/bench/latest.json)"
+    )
     args = parser.parse_args(argv)
 
     wrk = shutil.which("wrk")
     if not wrk:
-        sys.exit("make bench: wrk is not installed. Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk.")
+        sys.exit(
+            "tools/bench.py: wrk is not installed. Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk."
+        )
     groups = [name.strip() for name in args.compare.replace(" ", ",").split(",") if name.strip()]
     if groups == ["all"]:
         groups = list(comparisons(0))
+    unknown = sorted(set(groups) - set(comparisons(0)))
+    if unknown:
+        sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
     redis = None
     try:
+        project = (args.project or bake(args.bake_into)).resolve()
+        python = project / ".venv" / "bin" / "python"
+        if Path(sys.prefix).resolve() != python.parent.parent.resolve() and python.exists():
+            # local_stack runs manage.py with this interpreter: use the project's.
+            os.execv(python, [str(python), __file__, *(argv or sys.argv[1:]), "--project", str(project)])
+        use_project(project)
+        args.json = args.json or WORK / "latest.json"
         if local_stack.healthz_status(local_stack.local_port()) != 200:
             local_stack.up()
         WORK.mkdir(parents=True, exist_ok=True)
@@ -525,17 +608,19 @@ def main(argv=None):
         else:
             tcp_port = 0
         available = comparisons(tcp_port)
-        unknown = sorted(set(groups) - set(available))
-        if unknown:
-            sys.exit(f"make bench: unknown comparison {', '.join(unknown)}; choose from {', '.join(available)}")
         for group in groups:
             entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
-    except (RuntimeError, local_stack.StackError) as exc:
-        sys.exit(f"make bench: {exc}")
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"tools/bench.py: {exc}")
+    except Exception as exc:
+        if local_stack and isinstance(exc, local_stack.StackError):
+            sys.exit(f"tools/bench.py: {exc}")
+        raise
     finally:
         stop(redis)
-        REDIS_SOCKET.unlink(missing_ok=True)
+        if REDIS_SOCKET:
+            REDIS_SOCKET.unlink(missing_ok=True)
 
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,0 +1,94 @@
+"""Fill in the deploy files: the one renderer for the local stack and the server.
+
+The files in deploy/nginx/ name what differs between a checkout and a server
+as @NAME@ placeholders (@APP_ROOT@, @DOMAIN@, ...). deploy/local_stack.py
+imports this module for `make up`; deploy/install.sh runs it with the
+system's python3 (standard library only, so no virtualenv is needed):
+
+    python3 deploy/render.py FILE NAME=VALUE ...   FILE with @NAME@ filled in, on stdout
+    python3 deploy/render.py supervisor APP_ROOT USER WEB_GROUP
+                                                   deploy/supervisor/programs.conf for
+                                                   the server's supervisor, on stdout
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+DEPLOY = Path(__file__).resolve().parent
+PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+class RenderError(Exception):
+    pass
+
+
+def has_ipv6():
+    return os.path.exists("/proc/net/if_inet6")
+
+
+def fill_in(text, values, ipv6=None):
+    """Replace every @NAME@ with values[NAME]; a placeholder without a value is an error."""
+
+    def value(match):
+        if match.group(1) not in values:
+            raise RenderError(f"@{match.group(1)}@ has no value: give {match.group(1)}=...")
+        return str(values[match.group(1)])
+
+    text = PLACEHOLDER.sub(value, text)
+    if not (has_ipv6() if ipv6 is None else ipv6):
+        # No IPv6 on this machine: nginx could not bind [::].
+        text = "".join(line for line in text.splitlines(keepends=True) if "listen [::]" not in line)
+    return text
+
+
+def server_programs(text, app_root, user, web_group, source="deploy/supervisor/programs.conf"):
+    """programs.conf for the system supervisor.
+
+    %(here)s/../.. becomes the app root, each program runs as the app user,
+    the project's Redis sockets are closed to everyone else, and one group
+    (named after the user, the project's slug) starts, stops and signals them.
+    """
+    lines = [
+        f"; Written by deploy/install.sh from {app_root}/{source}:",
+        "; edit that file and run install.sh again, not this copy.",
+    ]
+    programs = []
+    for line in text.replace("%(here)s/../..", app_root).replace("%(here)s/..", f"{app_root}/deploy").splitlines():
+        if line.startswith("command=redis-server "):
+            line += " --unixsocketperm 700"
+        lines.append(line)
+        header = re.fullmatch(r"\[program:(.*)\]", line)
+        if header:
+            programs.append(header.group(1))
+            lines.append(f"user={user}")
+            # supervisor keeps its own HOME for user=; no secrets here.
+            # GUNICORN_SOCKET_GROUP: gunicorn.sock is 0770 with group web_group,
+            # which nginx joins (deploy/gunicorn.conf.py).
+            lines.append(
+                f'environment=HOME="{app_root}",USER="{user}",LANG="C.UTF-8",GUNICORN_SOCKET_GROUP="{web_group}"'
+            )
+    lines += ["", f"[group:{user}]", f"programs={','.join(programs)}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    try:
+        if len(argv) == 5 and argv[1] == "supervisor":
+            text = (DEPLOY / "supervisor" / "programs.conf").read_text()
+            sys.stdout.write(server_programs(text, *argv[2:]))
+            return 0
+        if len(argv) >= 2 and argv[1] != "supervisor":
+            values = dict(arg.partition("=")[::2] for arg in argv[2:])
+            sys.stdout.write(fill_in(Path(argv[1]).read_text(), values))
+            return 0
+    except (OSError, RenderError) as exc:
+        print(f"render.py: {argv[1]}: {exc}", file=sys.stderr)
+        return 1
+    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
