@@ -150,13 +150,7 @@ class Site(Server):
         drop = (*INSTALL_ENV_DROP, "LETSENCRYPT_EMAIL", "ACME_SERVER", "ACME_CA_BUNDLE")
         env = {key: value for key, value in os.environ.items() if key not in drop}
         env.update(LETSENCRYPT_EMAIL=EMAIL, ACME_SERVER=pebble.directory, ACME_CA_BUNDLE=str(pebble.ca))
-        started = time.monotonic()
-        result = subprocess.run(
-            [self.project / "deploy" / "install.sh"], cwd=self.project, env=env, capture_output=True, text=True,
-            timeout=1200,
-        )  # fmt: skip
-        self.timings[label] = time.monotonic() - started
-        self.outputs[label] = result.stdout + result.stderr
+        result = self.run_install_sh(label, env)
         self.returncodes[label] = result.returncode
         (self.workdir / f"install-{label.replace(' ', '-')}.log").write_text(self.outputs[label])  # an artefact
         print(f"install.sh ({label}): {self.timings[label]:.1f} s, exit {result.returncode}")

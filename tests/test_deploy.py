@@ -107,21 +107,26 @@ class Server:
         self.outputs = {}
         self.port_80_at_return = {}
 
-    def install(self, label, check=True):
-        env = {key: value for key, value in os.environ.items() if key not in INSTALL_ENV_DROP}
-        if self.python:
-            env["PYTHON"] = str(self.python)
+    def run_install_sh(self, label, env):
+        """Run deploy/install.sh from the checkout with `env`; keep its time and output under `label`."""
         started = time.monotonic()
         result = subprocess.run(
             [self.project / "deploy" / "install.sh"], cwd=self.project, env=env, capture_output=True, text=True,
             timeout=1200,
         )  # fmt: skip
         self.timings[label] = time.monotonic() - started
+        self.outputs[label] = result.stdout + result.stderr
+        return result
+
+    def install(self, label, check=True):
+        env = {key: value for key, value in os.environ.items() if key not in INSTALL_ENV_DROP}
+        if self.python:
+            env["PYTHON"] = str(self.python)
+        result = self.run_install_sh(label, env)
         # The moment install.sh says done, port 80 must answer with the new
         # config: the old nginx workers may not be answering any more.
-        code, status, headers, _ = self.curl(f"http://{DOMAIN}/right/after", jar=False)
+        code, status, headers, _ = self.curl(f"http://{self.domain}/right/after", jar=False)
         self.port_80_at_return[label] = (code, status, headers.get("location"))
-        self.outputs[label] = result.stdout + result.stderr
         print(f"install.sh ({label}): {self.timings[label]:.1f} s")
         if check and result.returncode != 0:
             pytest.fail(f"install.sh ({label}) exited {result.returncode}\n{result.stdout}\n{result.stderr}")
