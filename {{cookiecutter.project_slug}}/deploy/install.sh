@@ -168,12 +168,17 @@ check_lock() {
 
 install_packages() {
     step "Debian packages" "check the apt sources and the network (apt-get update), then run again."
+    apt_install "${PACKAGES[@]}"
+}
+
+apt_install() {
+    # apt_install PACKAGE...: installs the ones that are missing, says which.
     local missing=() pkg
-    for pkg in "${PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        say "all present: ${PACKAGES[*]}"
+        say "all present: $*"
         return
     fi
     say "installing: ${missing[*]}"
@@ -413,7 +418,7 @@ step_django() {
 render_supervisor() {
     # programs.conf with %(here)s/../.. spelled as the app root, each program
     # as the app user, and one group to start, stop and signal them together.
-    python3 "$APP_ROOT/deploy/render.py" supervisor "$APP_ROOT" "$APP_USER" "$WEB_GROUP"
+    render supervisor "$APP_ROOT" "$APP_USER" "$WEB_GROUP"
 }
 
 supervisor_running() { ctl pid >/dev/null 2>&1; }
@@ -688,11 +693,7 @@ step_letsencrypt() {
     step "Let's Encrypt certificate for $DOMAIN (certbot --webroot, HTTP-01 on port 80)" \
         "see certbot's message above and /var/log/letsencrypt/letsencrypt.log."
     local hook log renewal="/etc/letsencrypt/renewal/$DOMAIN.conf" args=() reason started
-    if ! dpkg-query -W -f='${Status}' certbot 2>/dev/null | grep -q "ok installed"; then
-        say "installing certbot"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends certbot >/dev/null
-    fi
+    apt_install certbot
     # Renewal: Debian's certbot runs `certbot renew` twice a day, from its
     # systemd timer or, without systemd, /etc/cron.d/certbot.
     if has_systemd; then
