@@ -271,7 +271,7 @@ def pid_alive(pid):
 
 
 def main(argv):
-    commands = {"up": up, "down": down, "render": render_only}
+    commands = {"up": up, "down": down, "render": render_only, "port": lambda: print(local_port())}
     if len(argv) != 2 or argv[1] not in commands:
         sys.exit(f"usage: {argv[0]} " + "|".join(commands))
     try:
