@@ -163,6 +163,13 @@ class Server:
         assert code == 0, f"curl https://{self.domain}{path} failed with exit code {code}"
         return status, headers, body
 
+    def create_admin(self, username="admin"):
+        """A superuser made the documented way (createsuperuser --noinput), as the app user."""
+        self.manage(
+            "createsuperuser", "--noinput", "--username", username, "--email", f"{username}@example.com",
+            env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
+        )  # fmt: skip
+
     def login(self, password=ADMIN_PASSWORD):
         self.jar.unlink(missing_ok=True)
         status, _, form = self.get("/admin/login/?next=/admin/")
@@ -377,10 +384,7 @@ def test_dotfiles_and_git_are_not_served(server):
 
 
 def test_admin_login_over_https_with_secure_cookie(server):
-    server.manage(
-        "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
-        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
-    )  # fmt: skip
+    server.create_admin()
     headers = server.login()
     session_cookie = next(c for c in headers["set-cookie"] if c.startswith("sessionid="))
     flags = [part.strip().lower() for part in session_cookie.split(";")]
