@@ -342,7 +342,7 @@ def cookie_header(headers):
 
 def test_forced_renewal_under_load_drops_nothing_and_serves_a_new_serial(acme):
     root = acme.pebble.root()
-    acme.create_admin()
+    acme.create_admin(password=ADMIN_PASSWORD)
     status, headers, form, old_serial = acme.request("GET", "/admin/login/?next=/admin/", root)
     assert status == 200
     csrf = cookie_header(headers)["csrftoken"]
@@ -419,7 +419,7 @@ def test_browser_over_https_login_cookies_console_and_hsts(acme, tmp_path):
     """Chromium trusts pebble's root (no certificate-error flags), logs in, checks cookies, console, HSTS."""
     home = trusting_home(tmp_path, acme.pebble.root())
     base = f"https://{DOMAIN}"
-    acme.create_admin("browser")
+    acme.create_admin("browser", ADMIN_PASSWORD)
     with chromium(home, resolve=DOMAIN, extra_args=["--disable-features=HttpsUpgrades"]) as browser:
         context = browser.new_context()
         page = context.new_page()

@@ -163,11 +163,11 @@ class Server:
         assert code == 0, f"curl https://{self.domain}{path} failed with exit code {code}"
         return status, headers, body
 
-    def create_admin(self, username="admin"):
+    def create_admin(self, username="admin", password=ADMIN_PASSWORD):
         """A superuser made the documented way (createsuperuser --noinput), as the app user."""
         self.manage(
             "createsuperuser", "--noinput", "--username", username, "--email", f"{username}@example.com",
-            env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
+            env={"DJANGO_SUPERUSER_PASSWORD": password},
         )  # fmt: skip
 
     def login(self, password=ADMIN_PASSWORD):
