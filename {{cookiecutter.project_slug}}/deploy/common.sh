@@ -7,6 +7,8 @@
 # shellcheck source-path=SCRIPTDIR source=project.env
 . "$(dirname "${BASH_SOURCE[0]}")/project.env"
 APP_USER="$SLUG"
+# Projects baked before the database choice have no DATABASE line.
+DATABASE="${DATABASE:-sqlite}"
 # nginx's user joins only this group: it owns the gate to run/ (gunicorn.sock),
 # static/, media/, var/acme/ and the 50x page, nothing else of the app.
 WEB_GROUP="$SLUG-web"
@@ -28,4 +30,38 @@ nginx_user() {
     local user
     user="$(awk '$1 == "user" { sub(/;$/, "", $2); print $2; exit }' /etc/nginx/nginx.conf 2>/dev/null || true)"
     echo "${user:-www-data}"
+}
+
+# PostgreSQL (DATABASE=postgresql): Debian's cluster on the default port. The
+# app connects to it by peer authentication over its socket in PG_SOCKET_DIR
+# (OS user <slug> = role <slug>), so no password exists anywhere. The comment
+# on the role tells install.sh and uninstall.sh that the role is this site's.
+PG_PORT=5432
+PG_SOCKET_DIR=/var/run/postgresql
+PG_MARKER="socketstack: the role of the site $SLUG (deploy/install.sh)"
+
+pg_cluster() {
+    # "VERSION NAME STATUS" of the cluster on port PG_PORT (pg_lsclusters), or nothing.
+    command -v pg_lsclusters >/dev/null || return 0
+    pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2, $4; exit }'
+}
+
+pg_sql() {
+    # pg_sql VERSION/NAME < SQL: psql as postgres on that cluster, in the
+    # database postgres, unaligned tuples; :'slug', :"slug" and :'marker' quote.
+    (cd / && runuser -u postgres -- psql --cluster "$1" -X -q -At -v ON_ERROR_STOP=1 \
+        -v slug="$SLUG" -v marker="$PG_MARKER" -d postgres)
+}
+
+pg_state() {
+    # pg_state VERSION/NAME: "ROLE|OWNER": ROLE is none, ours, superuser or
+    # foreign (exists without install.sh's comment); OWNER is the owner of the
+    # database named like the role, empty when there is none.
+    pg_sql "$1" <<'SQL'
+SELECT coalesce((SELECT CASE WHEN rolsuper THEN 'superuser'
+                             WHEN shobj_description(oid, 'pg_authid') IS DISTINCT FROM :'marker' THEN 'foreign'
+                             ELSE 'ours' END
+                 FROM pg_roles WHERE rolname = :'slug'), 'none')
+       || '|' || coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'slug'), '');
+SQL
 }

@@ -4,6 +4,8 @@
 #
 #   browser -> nginx (80 -> 443, TLS) -> APP_ROOT/run/gunicorn.sock -> gunicorn
 #   (system supervisor, as the app user) -> Django -> Redis on unix sockets
+#   (and, with DATABASE=postgresql in deploy/project.env, Debian's PostgreSQL
+#   cluster on port 5432: role and database <slug>, peer over its socket)
 #
 # Safe to run again (after `git pull`): it syncs the code, migrates, collects
 # static files, reloads gunicorn gracefully (HUP) and nginx, and keeps the env
@@ -183,7 +185,55 @@ apt_install() {
     fi
     say "installing: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Waits for another apt or unattended-upgrades instead of failing at once.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
+        "${missing[@]}" >/dev/null
+}
+
+step_postgresql() {
+    step "PostgreSQL: role and database '$APP_USER' (Debian's cluster on port $PG_PORT, peer over $PG_SOCKET_DIR)" \
+        "see PostgreSQL's message above and /var/log/postgresql/; \`pg_lsclusters\` lists the clusters."
+    local version name status cluster state role owner
+    apt_install postgresql
+    read -r version name status <<<"$(pg_cluster)"
+    [ -n "$version" ] ||
+        fail "no PostgreSQL cluster on port $PG_PORT (pg_lsclusters): the site connects to $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT. Create Debian's default cluster (pg_createcluster --start 15 main), then run install.sh again."
+    cluster="$version/$name"
+    # Only this cluster: others (other ports) are left as they are.
+    if has_systemd; then systemctl enable --quiet postgresql; fi
+    if [[ "$status" == online* ]]; then
+        say "cluster $cluster on port $PG_PORT: running"
+    else
+        pg_ctlcluster "$version" "$name" start
+        say "cluster $cluster on port $PG_PORT: started"
+    fi
+    # Look before changing anything: a role or database of this name that is
+    # not this site's stops the install, and nothing is changed or dropped.
+    state="$(pg_state "$cluster")"
+    IFS='|' read -r role owner <<<"$state"
+    case "$role" in
+    superuser)
+        fail "PostgreSQL role '$SLUG' (cluster $cluster) is a superuser: the site must not run as one. install.sh changed no role and no database. Rename it (sudo -u postgres psql -c 'ALTER ROLE $SLUG RENAME TO ${SLUG}_admin'), or if it is this site's remove the right (ALTER ROLE $SLUG NOSUPERUSER), then run install.sh again." ;;
+    foreign)
+        fail "PostgreSQL role '$SLUG' (cluster $cluster) exists and install.sh did not create it: the site would run as someone else's role. install.sh changed no role and no database. Rename that role (sudo -u postgres psql -c 'ALTER ROLE $SLUG RENAME TO ${SLUG}_old'), then run install.sh again." ;;
+    esac
+    [ -z "$owner" ] || [ "$owner" = "$SLUG" ] ||
+        fail "PostgreSQL database '$SLUG' (cluster $cluster) is owned by role '$owner', not '$SLUG': it is not this site's. install.sh changed no role and no database. Rename it (sudo -u postgres psql -c 'ALTER DATABASE $SLUG RENAME TO ${SLUG}_old'), then run install.sh again."
+    if [ "$role" = none ]; then
+        # LOGIN only: no superuser, CREATEDB or CREATEROLE; no password (peer).
+        pg_sql "$cluster" <<<"CREATE ROLE :\"slug\" LOGIN; COMMENT ON ROLE :\"slug\" IS :'marker';"
+        say "role $SLUG created (login by peer only, no other rights)"
+    else
+        say "role $SLUG exists: kept"
+    fi
+    if [ -z "$owner" ]; then
+        # Only its owner (and superusers) may connect: other roles get no CONNECT.
+        pg_sql "$cluster" <<<"CREATE DATABASE :\"slug\" OWNER :\"slug\" TEMPLATE template0 ENCODING 'UTF8';
+REVOKE ALL ON DATABASE :\"slug\" FROM PUBLIC;"
+        say "database $SLUG created (owner $SLUG, UTF8, no access for other roles)"
+    else
+        say "database $SLUG exists: kept (owner $SLUG)"
+    fi
 }
 
 create_user() {
@@ -338,7 +388,7 @@ DJANGO_SECRET_KEY=$secret
 DJANGO_DEBUG=false
 SITE_HTTPS=true
 DJANGO_ALLOWED_HOSTS=$DOMAIN
-DATABASE_URL=sqlite:///$APP_ROOT/var/db/db.sqlite3
+DATABASE_URL=$(database_url)
 REDIS_CACHE_URL=$(redis_url cache)
 REDIS_SESSIONS_URL=$(redis_url sessions)
 RUN_DIR=$APP_ROOT/run
@@ -354,6 +404,15 @@ ENV
     runuser -u "$APP_USER" -- test -r "$ENV_FILE"
     grep -q "^DJANGO_ALLOWED_HOSTS=.*$DOMAIN" "$ENV_FILE" ||
         say "NOTE: DJANGO_ALLOWED_HOSTS in $ENV_FILE does not name $DOMAIN: edit it if the domain changed"
+}
+
+database_url() {
+    if [ "$DATABASE" = "postgresql" ]; then
+        # A socket path and no password: peer authentication maps $APP_USER to its role.
+        echo "postgres:///$SLUG?host=$PG_SOCKET_DIR"
+    else
+        echo "sqlite:///$APP_ROOT/var/db/db.sqlite3"
+    fi
 }
 
 redis_url() {
@@ -743,6 +802,7 @@ main() {
     preflight
     install_packages
     if [ "${LOCK_CHECK_LATER:-no}" = yes ]; then check_lock; fi
+    if [ "$DATABASE" = "postgresql" ]; then step_postgresql; fi
     create_user
     make_layout
     sync_code

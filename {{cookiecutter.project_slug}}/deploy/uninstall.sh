@@ -2,9 +2,12 @@
 # Undo deploy/install.sh for this project: stop and remove the supervisor
 # programs, the nginx site and the self-signed certificate, then the app root
 # (code, venv, database, Redis data, uploads, env file) and the app's user and
-# group. Debian's packages stay installed.
-#   sudo deploy/uninstall.sh              remove everything listed above
-#   sudo deploy/uninstall.sh --keep-data  keep APP_ROOT and the user (reinstall later)
+# group. Debian's packages stay installed. With DATABASE=postgresql the
+# database and its role live in Debian's cluster, outside APP_ROOT: they are
+# kept unless --purge-data asks for them to be dropped.
+#   sudo deploy/uninstall.sh               remove everything listed above
+#   sudo deploy/uninstall.sh --keep-data   keep APP_ROOT and the user (reinstall later)
+#   sudo deploy/uninstall.sh --purge-data  also drop the PostgreSQL database and role
 set -Eeuo pipefail
 
 # SLUG, DEFAULT_DOMAIN, APP_USER, WEB_GROUP, the nginx and supervisor paths,
@@ -19,11 +22,16 @@ fail() {
 step() { printf '\n==> %s\n' "$*"; }
 
 KEEP_DATA=no
-case "${1:-}" in
-"") ;;
---keep-data) KEEP_DATA=yes ;;
-*) fail "unknown argument '$1': use deploy/uninstall.sh [--keep-data]" ;;
-esac
+PURGE_DATA=no
+for arg in "$@"; do
+    case "$arg" in
+    --keep-data) KEEP_DATA=yes ;;
+    --purge-data) PURGE_DATA=yes ;;
+    *) fail "unknown argument '$arg': use deploy/uninstall.sh [--keep-data | --purge-data]" ;;
+    esac
+done
+[ "$KEEP_DATA$PURGE_DATA" != yesyes ] ||
+    fail "--keep-data and --purge-data contradict each other: give one of them."
 [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/uninstall.sh"
 
 # The app root: APP_ROOT, else what install.sh wrote into supervisor's file.
@@ -35,7 +43,7 @@ DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
 if [ -f "$NGINX_SITE" ]; then
     DOMAIN="$(awk '$1 == "server_name" { sub(/;$/, "", $2); print $2; exit }' "$NGINX_SITE")"
 fi
-echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA"
+echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA, purge data: $PURGE_DATA"
 
 step "supervisor: stop and remove $SLUG:*"
 if [ -f "$SUPERVISOR_CONF" ]; then
@@ -126,6 +134,26 @@ else
     if getent group "$WEB_GROUP" >/dev/null; then
         groupdel "$WEB_GROUP"
         say "group $WEB_GROUP removed (nginx's user left it)"
+    fi
+fi
+if [ "$DATABASE" = "postgresql" ]; then
+    step "PostgreSQL: database and role '$APP_USER'"
+    read -r version name status <<<"$(pg_cluster)"
+    cluster="$version/$name"
+    if [ "$PURGE_DATA" = no ]; then
+        # One line, whatever the cluster's state: the data is there to come back to.
+        echo "uninstall.sh: the PostgreSQL database '$SLUG' and its role stay (cluster ${version:+$cluster on }port $PG_PORT); \`deploy/uninstall.sh --purge-data\` drops them."
+    elif [ -z "$version" ] || [[ "$status" != online* ]]; then
+        fail "--purge-data: no running PostgreSQL cluster on port $PG_PORT (pg_lsclusters), so database '$SLUG' was not dropped: start it (pg_ctlcluster ${version:-15} ${name:-main} start), then run deploy/uninstall.sh --purge-data again."
+    else
+        IFS='|' read -r role owner <<<"$(pg_state "$cluster")"
+        # Only what install.sh made: its role, and a database that role owns.
+        [ "$role" = ours ] || [ "$role" = none ] ||
+            fail "--purge-data: PostgreSQL role '$SLUG' (cluster $cluster) is not the one install.sh made ($role), so nothing was dropped: drop it yourself if you mean to."
+        [ -z "$owner" ] || [ "$owner" = "$SLUG" ] ||
+            fail "--purge-data: PostgreSQL database '$SLUG' (cluster $cluster) is owned by '$owner', not '$SLUG', so nothing was dropped: drop it yourself if you mean to."
+        pg_sql "$cluster" <<<'DROP DATABASE IF EXISTS :"slug"; DROP ROLE IF EXISTS :"slug";'
+        echo "uninstall.sh: --purge-data: the PostgreSQL database '$SLUG' and its role are dropped (cluster $cluster)."
     fi
 fi
 echo
