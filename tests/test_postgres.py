@@ -104,7 +104,8 @@ def test_postgres_stopped_is_503_naming_database_then_back(pg_stack):
         assert requests.get(f"{stack.base_url}/", timeout=10).status_code == 200  # cached page
         started = time.monotonic()
         admin = get(stack, session, "/admin/")
-        report(f"{stack.engine}: /admin/ with PostgreSQL down: {admin.status_code} in {time.monotonic() - started:.3f} s")
+        took = time.monotonic() - started
+        report(f"{stack.engine}: /admin/ with PostgreSQL down: {admin.status_code} in {took:.3f} s")
         assert admin.status_code == 503 and "Back in a moment" in admin.text
         assert admin.headers["Retry-After"]
         # The session itself: cached_db reads it from the sessions Redis; the
@@ -155,7 +156,8 @@ def test_worker_killed_mid_transaction_loses_no_committed_row(pg_stack):
     for name in committed:
         assert add_group(stack, session, name).status_code == 302
     locker = subprocess.Popen(
-        [PG_BIN / "psql", "-X", "-q", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug, "-d", stack.slug],
+        [PG_BIN / "psql", "-X", "-q", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug,
+         "-d", stack.slug],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
