@@ -321,16 +321,15 @@ def ensure_cluster():
     if (PG_DATA / "PG_VERSION").exists():
         return False
     own_dir(PG_DATA, account)
-    subprocess.run(
-        as_cluster_account([PG_BIN / "initdb", "-D", PG_DATA, "-U", SLUG, "--auth-local=trust",
-                            "--auth-host=reject", "-E", "UTF8", "--locale=C.UTF-8"]),
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    initdb = [PG_BIN / "initdb", "-D", PG_DATA, "-U", SLUG, "--auth-local=trust", "--auth-host=reject", "-E", "UTF8",
+              "--locale=C.UTF-8"]  # fmt: skip
     # The project's database, made in single-user mode: nothing listens yet.
-    subprocess.run(
-        as_cluster_account([PG_BIN / "postgres", "--single", "-D", PG_DATA, "postgres"]),
-        input=f"CREATE DATABASE {SLUG};\n", text=True, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    single = [PG_BIN / "postgres", "--single", "-D", PG_DATA, "postgres"]
+    for command, stdin in ((initdb, None), (single, f"CREATE DATABASE {SLUG};\n")):
+        done = subprocess.run(as_cluster_account(command), input=stdin, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(PG_DATA, ignore_errors=True)  # the next `make up` starts over
+            raise StackError(f"{command[0].name} failed (exit code {done.returncode}):\n{done.stdout}{done.stderr}")
     return True
 
 
