@@ -471,23 +471,53 @@ def postgres_variants(socket_dir, port):
     return [entry for entry in variants if not (pool_missing and entry["name"] == "pg-pool")]
 
 
-def postgres_summary(results):
-    ratios = {
-        "postgres / sqlite WAL (cached_db session-write)": ratio(
-            results, "pg-persistent", "session-write", "sqlite-wal", "session-write"
-        ),
-        "postgres / sqlite WAL (write / plain of each)": normalised(results, "pg-persistent", "sqlite-wal"),
-        "postgres socket / tcp (orm-read)": ratio(results, "pg-persistent", "orm-read", "pg-tcp", "orm-read"),
-        "pool / persistent (orm-read)": ratio(results, "pg-pool", "orm-read", "pg-persistent", "orm-read"),
-        "none / persistent (orm-read)": ratio(results, "pg-none", "orm-read", "pg-persistent", "orm-read"),
-        "pool / persistent (session-write)": ratio(
-            results, "pg-pool", "session-write", "pg-persistent", "session-write"
-        ),
-        "none / persistent (session-write)": ratio(
-            results, "pg-none", "session-write", "pg-persistent", "session-write"
-        ),
+def run_postgres_rounds(wrk, entries, seconds, rounds, log=print):
+    """The --postgres variants one round at a time (every variant in each round), so
+    that each ratio pairs two variants measured minutes, not a quarter of an hour, apart
+    on a shared machine. Returns (results merged like run_variants', [per-round results])."""
+    per_round = []
+    for number in range(rounds):
+        log(f"bench: PostgreSQL round {number + 1} of {rounds}")
+        per_round.append(run_variants(wrk, entries, seconds, 1, log))
+    merged = {}
+    for name, first in per_round[0].items():
+        rows = {}
+        for row in first["rows"]:
+            samples = [result[name]["rows"][row] for result in per_round]
+            rows[row] = {
+                "path": samples[0]["path"],
+                "rps": statistics.median(s["rps"] for s in samples),
+                "p99_ms": statistics.median(s["p99_ms"] for s in samples),
+                "ratio_to_static": statistics.median(s["ratio_to_static"] for s in samples),
+                "errors": sum(s["errors"] for s in samples),
+                "rounds": [s["rounds"][0] for s in samples],
+            }
+        merged[name] = {**{key: first[key] for key in ("env", "args", "settings", "note")}, "rows": rows}
+    return merged, per_round
+
+
+def postgres_summary(per_round):
+    """Medians over the rounds of ratios taken within one round: "x static" ratios, and
+    each row over the plain view of its own variant (steadier on a busy machine)."""
+    pairs = {
+        "postgres / sqlite WAL (cached_db session-write)": ("pg-persistent", "sqlite-wal", "session-write"),
+        "postgres socket / tcp (orm-read)": ("pg-persistent", "pg-tcp", "orm-read"),
+        "pool / persistent (orm-read)": ("pg-pool", "pg-persistent", "orm-read"),
+        "none / persistent (orm-read)": ("pg-none", "pg-persistent", "orm-read"),
+        "pool / persistent (session-write)": ("pg-pool", "pg-persistent", "session-write"),
+        "none / persistent (session-write)": ("pg-none", "pg-persistent", "session-write"),
     }
-    return {name: round(value, 3) for name, value in ratios.items() if value is not None}
+    ratios = {}
+    for name, (a, b, row) in pairs.items():
+        static = [ratio(results, a, row, b, row) for results in per_round]
+        own = [
+            (ratio(results, a, row, a, "plain") or 0) / (ratio(results, b, row, b, "plain") or 1)
+            for results in per_round
+        ]
+        if all(static):
+            ratios[name] = statistics.median(static)
+            ratios[f"{name}, per plain"] = statistics.median(own)
+    return {name: round(value, 3) for name, value in ratios.items()}
 
 
 # (2) Measuring ---------------------------------------------------------------------
@@ -713,10 +743,12 @@ def main(argv=None):
         available = comparisons(tcp_port)
         for group in groups:
             entries += available[group]
+        results = run_variants(wrk, entries, args.seconds, args.rounds)
         if args.postgres:
             postgres, socket_dir, pg_port = start_postgres()
-            entries += postgres_variants(socket_dir, pg_port)
-        results = run_variants(wrk, entries, args.seconds, args.rounds)
+            pg_entries = postgres_variants(socket_dir, pg_port)
+            pg_results, pg_rounds = run_postgres_rounds(wrk, pg_entries, args.seconds, args.rounds)
+            results.update(pg_results)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
     except Exception as exc:
@@ -737,7 +769,7 @@ def main(argv=None):
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
         "rows": {name: description for name, (_, _, description) in ROWS.items()},
         "variants": results,
-        "summary": {**summary(results), **postgres_summary(results)},
+        "summary": {**summary(results), **(postgres_summary(pg_rounds) if args.postgres else {})},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -347,7 +347,7 @@ def run_postgres():
         print("DATABASE_URL points at another database: the local PostgreSQL stays off.", flush=True)
         return
     command = as_cluster_account(postgres_command())
-    os.execvp(command[0], command)
+    os.execvp(command[0], command)  # noqa: S606 -- a fixed command, no shell
 
 
 def wait_postgres(timeout=30):
@@ -357,7 +357,8 @@ def wait_postgres(timeout=30):
         if ready.returncode == 0:
             return
         time.sleep(0.2)
-    raise StackError(f"PostgreSQL did not accept connections within {timeout} s.\n" + tail(ROOT / "logs" / "postgres.log"))
+    log = tail(ROOT / "logs" / "postgres.log")
+    raise StackError(f"PostgreSQL did not accept connections within {timeout} s.\n{log}")
 
 
 def start_postgres():
