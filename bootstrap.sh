@@ -20,6 +20,7 @@ PACKAGES=(
     certbot
     chromium
     libnss3-tools
+    postgresql
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }

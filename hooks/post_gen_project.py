@@ -37,6 +37,8 @@ def remove_unused_files(project_dir, context):
     # Only the session store that SESSION_ENGINE names.
     other_engine = {"cache": "cached_db", "cached_db": "cache"}[context["session_engine"]]
     unused.append(project_dir / context["project_slug"] / "sessions" / f"{other_engine}.py")
+    if context["database"] != "postgresql":
+        unused.append(project_dir / "docs" / "postgresql.md")
     if not context["nginx_page_cache"]:
         # local.conf includes these only when the option is on.
         unused += [project_dir / "deploy" / "nginx" / name for name in ("page-cache-zone.conf", "page-cache.conf")]

@@ -140,6 +140,18 @@ def check_python(python, django_version, min_python):
     return python
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+def check_database(database):
+    # cookiecutter refuses a value outside the choices given on its command
+    # line; this catches the ones that reach the hook another way (a replay
+    # file, cruft, an edited context).
+    if database not in DATABASES:
+        raise InvalidAnswer("database", database, "use sqlite or postgresql", "<sqlite|postgresql>")
+    return database
+
+
 def validate(context):
     """Check every answer that can be wrong; raise InvalidAnswer on the first bad one."""
     for field in ("project_name", "author_name", "description"):
@@ -149,6 +161,7 @@ def validate(context):
     check_email(context["email"])
     check_timezone(context["timezone"])
     check_port(context["local_port"])
+    check_database(context["database"])
     check_python(context["python"], context["django_version"], context["__min_python"])
 
 

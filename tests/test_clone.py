@@ -30,6 +30,7 @@ from conftest import (
 ADMIN_PASSWORD = "clone-test-" + "pw-4q8z" * 3
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NEEDS_VENV = ("dev", "up", "down", "status", "reload", "shell", "ctl", "test", "check", "superuser", "loadtest")
+NEEDS_VENV += ("backup",)
 
 
 def workflow(project):

@@ -15,6 +15,7 @@ PATH = re.compile(rf"(?<![\w/.:<>$-])((?:[\w.*<>-]+/)+[\w.*-]*|[\w.*-]+\.(?:{EXT
 OPTIONS = [
     {"redis": "dedicated", "nginx_page_cache": True},
     {"redis": "system", "nginx_page_cache": False, "session_engine": "cached_db"},
+    {"redis": "dedicated", "nginx_page_cache": True, "database": "postgresql"},
 ]
 
 

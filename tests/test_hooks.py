@@ -72,6 +72,7 @@ def test_message_names_field_value_and_rule():
 CONTEXT = {
     "redis": "dedicated",
     "session_engine": "cache",
+    "database": "sqlite",
     "nginx_page_cache": True,
     "domain_name": "example.com",
     "local_port": "8000",

@@ -70,6 +70,14 @@ def session_write(request):
 def session_read(request):
     # Load the session named by the cookie; nothing is saved.
     return HttpResponse(f"hits={request.session.get('hits', 0)}\\n", content_type="text/plain")
+
+
+def orm_read(request):
+    # One small ORM query (20 rows that every migrated database has), no session.
+    from django.contrib.auth.models import Permission
+
+    names = Permission.objects.order_by("id").values_list("codename", flat=True)[:20]
+    return HttpResponse("\\n".join(names), content_type="text/plain")
 """
 BENCH_URLS = """from django.urls import path
 
@@ -82,6 +90,7 @@ urlpatterns = [
     path("bench/plain", bench_views.plain),
     path("bench/session-write", bench_views.session_write),
     path("bench/session-read", bench_views.session_read),
+    path("bench/orm-read", bench_views.orm_read),
 ]
 """
 
@@ -95,6 +104,7 @@ ROWS = {
     "plain": ("/bench/plain", None, "an anonymous Django view, no session, no cache"),
     "session-write": ("/bench/session-write", "session", "load, change and save a session"),
     "session-read": ("/bench/session-read", "session", "load a session"),
+    "orm-read": ("/bench/orm-read", None, "one ORM query of 20 rows, no session (--postgres)"),
 }
 DJANGO_ROWS = ["plain", "home-django", "session-write", "session-read"]
 
@@ -103,7 +113,7 @@ def variant(name, rows=None, env=None, settings=(), args=(), note=""):
     """One configuration to measure: gunicorn env and arguments, settings lines, rows."""
     return {
         "name": name,
-        "rows": rows or list(ROWS),
+        "rows": rows or [row for row in ROWS if row != "orm-read"],
         "env": env or {},
         "settings": list(settings),
         "args": list(args),
@@ -222,7 +232,7 @@ def use_project(project):
     GUNICORN_SOCKET, REDIS_SOCKET = RUN / "bench-gunicorn.sock", RUN / "bench-redis.sock"
 
 
-def bake(output_dir):
+def bake(output_dir, **choices):
     """Bake a default project (with its .venv) into output_dir, or reuse the one there; return its path."""
     from cookiecutter.main import cookiecutter
 
@@ -232,7 +242,7 @@ def bake(output_dir):
 
     os.environ.setdefault("SOCKETSTACK_SKIP_REDIS_CHECK", "1")
     # A free port: 8000, the default, may be taken by a project of your own.
-    answers = {"local_port": str(free_port())}
+    answers = {"local_port": str(free_port()), **choices}
     project = cookiecutter(str(TEMPLATE), no_input=True, extra_context=answers, output_dir=str(output_dir))
     return Path(project)
 
@@ -394,6 +404,120 @@ def bench_redis_ping():
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# PostgreSQL (--postgres) ---------------------------------------------------------
+# A throwaway PostgreSQL 15 cluster (the project's own initdb and account
+# helpers from deploy/local_stack.py: as root it runs as an unprivileged
+# account) on a unix socket in run/ and on 127.0.0.1 at once, and SQLite WAL
+# as the project ships it, each migrated once. Needs a bake with
+# database=postgresql (--postgres bakes one) and psycopg-pool for the pool row.
+PG_DB = "bench"
+
+
+def start_postgres():
+    """(process, socket dir, tcp port) of a throwaway cluster in var/bench/postgres."""
+    pg_bin = local_stack.PG_BIN
+    data, socket_dir, port = WORK / "postgres", RUN / "bench-postgres", free_port()
+    shutil.rmtree(data, ignore_errors=True)
+    account = local_stack.cluster_account()
+    for path in (data, socket_dir):
+        local_stack.own_dir(path, account)
+    initdb = [pg_bin / "initdb", "-D", data, "-U", "bench", "--auth-local=trust", "--auth-host=trust", "-E", "UTF8",
+              "--locale=C.UTF-8"]  # fmt: skip
+    subprocess.run(local_stack.as_cluster_account(initdb), check=True, stdout=subprocess.DEVNULL)
+    command = [pg_bin / "postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+               "-c", f"unix_socket_directories={socket_dir}"]  # fmt: skip
+    process = start(local_stack.as_cluster_account(command), "bench-postgres.log")
+    ready = [pg_bin / "pg_isready", "-q", "-h", socket_dir, "-p", str(port), "-U", "bench", "-d", "postgres"]
+    wait_until(lambda: subprocess.run(ready).returncode == 0, process, "bench postgres")
+    psql = [pg_bin / "psql", "-X", "-q", "-h", socket_dir, "-p", str(port), "-U", "bench", "-d", "postgres"]
+    subprocess.run([*psql, "-c", f"CREATE DATABASE {PG_DB}"], check=True)
+    return process, socket_dir, port
+
+
+def migrate(database_url):
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+
+
+def postgres_variants(socket_dir, port):
+    """cached_db sessions on PostgreSQL vs SQLite WAL; the socket vs TCP; persistent vs pooled vs new connections."""
+    socket_url = f"postgres://bench@:{port}/{PG_DB}?host={socket_dir}"
+    tcp_url = f"postgres://bench@127.0.0.1:{port}/{PG_DB}"
+    sqlite_url = f"sqlite:///{(WORK / 'bench.sqlite3').relative_to(ROOT)}"
+    for url in (socket_url, sqlite_url):
+        migrate(url)
+    rows = ["plain", "orm-read", "session-write"]
+    cached_db = [engine("cached_db")]
+    pool_missing = subprocess.run([sys.executable, "-c", "import psycopg_pool"], capture_output=True).returncode
+    if pool_missing:
+        print("bench: no psycopg-pool in the project's .venv, so no pg-pool row: "
+              ".venv/bin/python -m uv pip install --python .venv/bin/python psycopg-pool")  # fmt: skip
+    variants = [
+        variant("pg-persistent", rows, {"DATABASE_URL": socket_url}, cached_db,
+                note="PostgreSQL over its unix socket, as shipped: CONN_MAX_AGE=600 and CONN_HEALTH_CHECKS"),
+        variant("pg-tcp", ["plain", "orm-read"], {"DATABASE_URL": tcp_url}, cached_db,
+                note="the same, over TCP on 127.0.0.1"),
+        variant("pg-none", rows, {"DATABASE_URL": socket_url}, [*cached_db, "DATABASES['default']['CONN_MAX_AGE'] = 0",
+                "DATABASES['default']['CONN_HEALTH_CHECKS'] = False"],
+                note="a new connection per request (CONN_MAX_AGE=0)"),
+        variant("pg-pool", rows, {"DATABASE_URL": socket_url}, [*cached_db, "DATABASES['default']['CONN_MAX_AGE'] = 0",
+                "DATABASES['default']['OPTIONS']['pool'] = {'min_size': 1, 'max_size': 2}"],
+                note="Django's psycopg pool (psycopg-pool), 1-2 connections per worker"),
+        variant("sqlite-wal", rows, {"DATABASE_URL": sqlite_url}, cached_db,
+                note="SQLite as shipped (WAL, synchronous=NORMAL, IMMEDIATE), for the cached_db write"),
+    ]  # fmt: skip
+    return [entry for entry in variants if not (pool_missing and entry["name"] == "pg-pool")]
+
+
+def run_postgres_rounds(wrk, entries, seconds, rounds, log=print):
+    """The --postgres variants one round at a time (every variant in each round), so
+    that each ratio pairs two variants measured minutes, not a quarter of an hour, apart
+    on a shared machine. Returns (results merged like run_variants', [per-round results])."""
+    per_round = []
+    for number in range(rounds):
+        log(f"bench: PostgreSQL round {number + 1} of {rounds}")
+        per_round.append(run_variants(wrk, entries, seconds, 1, log))
+    merged = {}
+    for name, first in per_round[0].items():
+        rows = {}
+        for row in first["rows"]:
+            samples = [result[name]["rows"][row] for result in per_round]
+            rows[row] = {
+                "path": samples[0]["path"],
+                "rps": statistics.median(s["rps"] for s in samples),
+                "p99_ms": statistics.median(s["p99_ms"] for s in samples),
+                "ratio_to_static": statistics.median(s["ratio_to_static"] for s in samples),
+                "errors": sum(s["errors"] for s in samples),
+                "rounds": [s["rounds"][0] for s in samples],
+            }
+        merged[name] = {**{key: first[key] for key in ("env", "args", "settings", "note")}, "rows": rows}
+    return merged, per_round
+
+
+def postgres_summary(per_round):
+    """Medians over the rounds of ratios taken within one round: "x static" ratios, and
+    each row over the plain view of its own variant (steadier on a busy machine)."""
+    pairs = {
+        "postgres / sqlite WAL (cached_db session-write)": ("pg-persistent", "sqlite-wal", "session-write"),
+        "postgres socket / tcp (orm-read)": ("pg-persistent", "pg-tcp", "orm-read"),
+        "pool / persistent (orm-read)": ("pg-pool", "pg-persistent", "orm-read"),
+        "none / persistent (orm-read)": ("pg-none", "pg-persistent", "orm-read"),
+        "pool / persistent (session-write)": ("pg-pool", "pg-persistent", "session-write"),
+        "none / persistent (session-write)": ("pg-none", "pg-persistent", "session-write"),
+    }
+    ratios = {}
+    for name, (a, b, row) in pairs.items():
+        static = [ratio(results, a, row, b, row) for results in per_round]
+        own = [
+            (ratio(results, a, row, a, "plain") or 0) / (ratio(results, b, row, b, "plain") or 1)
+            for results in per_round
+        ]
+        if all(static):
+            ratios[name] = statistics.median(static)
+            ratios[f"{name}, per plain"] = statistics.median(own)
+    return {name: round(value, 3) for name, value in ratios.items()}
 
 
 # (2) Measuring ---------------------------------------------------------------------
@@ -570,6 +694,12 @@ def main(argv=None):
         default="",
         help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also compare PostgreSQL: vs SQLite WAL (cached_db), socket vs TCP, pool vs persistent vs none "
+        "(bakes with database=postgresql into var/bench-postgres)",
+    )
     parser.add_argument("--project", type=Path, help="a baked project with its .venv (default: bake one)")
     parser.add_argument(
         "--bake-into", type=Path, default=TEMPLATE / "var" / "bench", help="where to bake when --project is not given"
@@ -590,9 +720,12 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(comparisons(0)))
     if unknown:
         sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
-    redis = None
+    redis = postgres = None
+    if args.postgres and args.bake_into == TEMPLATE / "var" / "bench":
+        args.bake_into = TEMPLATE / "var" / "bench-postgres"
     try:
-        project = (args.project or bake(args.bake_into)).resolve()
+        choices = {"database": "postgresql", "session_engine": "cached_db"} if args.postgres else {}
+        project = (args.project or bake(args.bake_into, **choices)).resolve()
         python = project / ".venv" / "bin" / "python"
         if Path(sys.prefix).resolve() != python.parent.parent.resolve() and python.exists():
             # local_stack runs manage.py with this interpreter: use the project's.
@@ -611,6 +744,11 @@ def main(argv=None):
         for group in groups:
             entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
+        if args.postgres:
+            postgres, socket_dir, pg_port = start_postgres()
+            pg_entries = postgres_variants(socket_dir, pg_port)
+            pg_results, pg_rounds = run_postgres_rounds(wrk, pg_entries, args.seconds, args.rounds)
+            results.update(pg_results)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
     except Exception as exc:
@@ -619,6 +757,7 @@ def main(argv=None):
         raise
     finally:
         stop(redis)
+        stop(postgres, signal.SIGINT)  # PostgreSQL's fast shutdown
         if REDIS_SOCKET:
             REDIS_SOCKET.unlink(missing_ok=True)
 
@@ -630,7 +769,7 @@ def main(argv=None):
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
         "rows": {name: description for name, (_, _, description) in ROWS.items()},
         "variants": results,
-        "summary": summary(results),
+        "summary": {**summary(results), **(postgres_summary(pg_rounds) if args.postgres else {})},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

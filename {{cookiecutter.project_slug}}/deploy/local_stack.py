@@ -8,6 +8,7 @@ config, starts or updates supervisord and waits for /healthz through nginx.
 
 import importlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -17,11 +18,13 @@ import urllib.error
 import urllib.request
 import xmlrpc.client
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import render
 from supervisor.xmlrpc import SupervisorTransport
 
 SLUG = "{{ cookiecutter.project_slug }}"
+DATABASE = "{{ cookiecutter.database }}"
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "run"
 SUPERVISOR_CONF = ROOT / "deploy" / "supervisor" / "local.conf"
@@ -229,6 +232,164 @@ def wait_healthy(port, timeout=None):
     raise StackError(f"/healthz did not answer 200 within {timeout:.0f} s (last: {status}).\n" + explain_failure())
 
 
+# PostgreSQL (database=postgresql) ----------------------------------------------
+# The local stack's own cluster: data in var/postgres, socket in run/postgres/
+# (no TCP), `trust` on that socket, whose directory only the cluster's account
+# (and root) can enter. supervisord runs it (deploy/supervisor/local.conf)
+# through `local_stack.py postgres`, which picks the account.
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_DATA = ROOT / "var" / "postgres"
+PG_RUN = ROOT / "run" / "postgres"
+BACKUPS = ROOT / "var" / "backups"
+
+
+def local_database_url():
+    """settings.py's default with database=postgresql."""
+    return f"postgres://{SLUG}@/{SLUG}?host={PG_RUN}"
+
+
+def database_url():
+    return os.environ.get("DATABASE_URL") or read_env().get("DATABASE_URL") or ""
+
+
+def local_postgres_wanted():
+    """True when Django uses the local cluster: no DATABASE_URL, or one that names run/postgres."""
+    if DATABASE != "postgresql":
+        return False
+    url = database_url()
+    if not url:
+        return True
+    parts = urlsplit(url)
+    host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "")
+    return parts.scheme in {"postgres", "postgresql"} and host.startswith("/") and Path(host).resolve() == PG_RUN
+
+
+def cluster_account():
+    """The account postgres runs as: you; as root (initdb and postgres refuse
+    root) the owner of the project directory, or `nobody` when root owns it."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    owner = ROOT.stat().st_uid
+    try:
+        return pwd.getpwuid(owner) if owner != 0 else pwd.getpwnam("nobody")
+    except KeyError:  # a uid with no account (a bind mount): initdb needs a name
+        return pwd.getpwnam("nobody")
+
+
+def as_cluster_account(command):
+    account = cluster_account()
+    if os.geteuid() != 0:
+        return [str(part) for part in command]
+    drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups"]
+    return drop + [str(part) for part in command]
+
+
+def unreachable_parent(account):
+    """The first directory above the cluster that the account cannot enter, or None."""
+    for directory in (ROOT / "var", ROOT / "run", ROOT, *ROOT.parents):
+        info = directory.stat()
+        if info.st_uid == account.pw_uid:
+            bit = 0o100
+        elif info.st_gid == account.pw_gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not info.st_mode & bit:
+            return directory
+    return None
+
+
+def own_dir(path, account):
+    path.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, account.pw_uid, account.pw_gid)
+    path.chmod(0o700)
+
+
+def ensure_cluster():
+    """initdb on the first `make up`: role and database named after the project."""
+    if not (PG_BIN / "postgres").exists():
+        raise StackError(f"{PG_BIN}/postgres is missing: sudo apt-get install postgresql (Debian 12's is 15).")
+    account = cluster_account()
+    blocked = unreachable_parent(account)
+    if blocked:
+        raise StackError(
+            f"PostgreSQL runs as {account.pw_name} (initdb and postgres refuse root), who cannot enter {blocked}: "
+            f"`chmod o+x {blocked}`, or keep the project in a directory a normal user owns."
+        )
+    own_dir(PG_RUN, account)
+    if (PG_DATA / "PG_VERSION").exists():
+        return False
+    own_dir(PG_DATA, account)
+    initdb = [PG_BIN / "initdb", "-D", PG_DATA, "-U", SLUG, "--auth-local=trust", "--auth-host=reject", "-E", "UTF8",
+              "--locale=C.UTF-8"]  # fmt: skip
+    # The project's database, made in single-user mode: nothing listens yet.
+    single = [PG_BIN / "postgres", "--single", "-D", PG_DATA, "postgres"]
+    for command, stdin in ((initdb, None), (single, f"CREATE DATABASE {SLUG};\n")):
+        done = subprocess.run(as_cluster_account(command), input=stdin, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(PG_DATA, ignore_errors=True)  # the next `make up` starts over
+            raise StackError(f"{command[0].name} failed (exit code {done.returncode}):\n{done.stdout}{done.stderr}")
+    return True
+
+
+def postgres_command():
+    return [
+        PG_BIN / "postgres", "-D", PG_DATA, "-c", "listen_addresses=", "-c", f"unix_socket_directories={PG_RUN}",
+        "-c", "unix_socket_permissions=0700",
+    ]  # fmt: skip
+
+
+def run_postgres():
+    """supervisord's command for the local PostgreSQL: becomes postgres (exec),
+    so supervisor's stop signal (INT, a fast shutdown) reaches it."""
+    if not local_postgres_wanted():
+        print("DATABASE_URL points at another database: the local PostgreSQL stays off.", flush=True)
+        return
+    command = as_cluster_account(postgres_command())
+    os.execvp(command[0], command)  # noqa: S606 -- a fixed command, no shell
+
+
+def wait_postgres(timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = subprocess.run([PG_BIN / "pg_isready", "-q", "-h", PG_RUN, "-U", SLUG, "-d", SLUG])
+        if ready.returncode == 0:
+            return
+        time.sleep(0.2)
+    log = tail(ROOT / "logs" / "postgres.log")
+    raise StackError(f"PostgreSQL did not accept connections within {timeout} s.\n{log}")
+
+
+def start_postgres():
+    """Before migrate: the cluster exists and answers (supervisord starts it)."""
+    if not local_postgres_wanted():
+        return None
+    ensure_cluster()
+    action = start_or_update()
+    wait_postgres()
+    return action
+
+
+def backup():
+    """A copy of the database in var/backups/: pg_dump --format=custom (pg_restore reads
+    it) of the PostgreSQL that Django uses, or SQLite's online backup of db.sqlite3."""
+    BACKUPS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    url = database_url() or (local_database_url() if DATABASE == "postgresql" else "sqlite:///db.sqlite3")
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        target = BACKUPS / f"{SLUG}-{stamp}.sqlite3"
+        with sqlite3.connect(ROOT / urlsplit(url).path[1:]) as source, sqlite3.connect(target) as copy:
+            source.backup(copy)
+    else:
+        target = BACKUPS / f"{SLUG}-{stamp}.dump"
+        # A libpq URL as it is: postgres:///name?host=/socket/dir, TLS options and all.
+        subprocess.run([PG_BIN / "pg_dump", "--format=custom", f"--file={target}", f"--dbname={url}"], check=True)
+    print(target)
+
+
 def up():
     started = time.monotonic()
     port = local_port()
@@ -240,9 +401,11 @@ def up():
             "Stop it, or set LOCAL_PORT in .env to a free port, then run `make up` again."
         )
     nginx_changed = render_nginx(port)
+    postgres_action = start_postgres()
     manage("migrate", "--noinput", "-v", "0")
     manage("collectstatic", "--noinput", "-v", "0")
     action = start_or_update(nginx_changed)
+    action = postgres_action or action
     wait_healthy(port)
     print(f"Stack {action} in {time.monotonic() - started:.1f} s: http://127.0.0.1:{port}/")
 
@@ -271,7 +434,14 @@ def pid_alive(pid):
 
 
 def main(argv):
-    commands = {"up": up, "down": down, "render": render_only, "port": lambda: print(local_port())}
+    commands = {
+        "up": up,
+        "down": down,
+        "render": render_only,
+        "port": lambda: print(local_port()),
+        "postgres": run_postgres,
+        "backup": backup,
+    }
     if len(argv) != 2 or argv[1] not in commands:
         sys.exit(f"usage: {argv[0]} " + "|".join(commands))
     try:

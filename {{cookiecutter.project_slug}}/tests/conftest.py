@@ -5,10 +5,14 @@ exist, and point both cache aliases at them for the whole session. They need
 no .env: the secret is a throwaway one too.
 """
 
+import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +72,59 @@ def redis_servers(tmp_path_factory):
     yield servers
     for server in servers.values():
         server.stop()
+
+
+def load_local_stack():
+    """deploy/local_stack.py: its PostgreSQL helpers pick the account and make the cluster's directories."""
+    sys.path.insert(0, str(ROOT / "deploy"))
+    spec = importlib.util.spec_from_file_location("local_stack", ROOT / "deploy" / "local_stack.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """With PostgreSQL and no DATABASE_URL, a throwaway cluster of PostgreSQL 15 on a
+    unix socket in a temporary directory (no TCP, fsync off), so `make test` and CI
+    need no running stack. pytest-django then creates its test database there."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if not database["ENGINE"].endswith("postgresql") or os.environ.get("DATABASE_URL"):
+        yield
+        return
+    stack = load_local_stack()
+    if not (stack.PG_BIN / "postgres").exists():
+        message = f"{stack.PG_BIN}/postgres is missing (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # A short path (unix sockets), open to the cluster's account when that is not you.
+    directory = Path(tempfile.mkdtemp(prefix="pgtest-"))
+    directory.chmod(0o755)
+    account = stack.cluster_account()
+    data, sockets = directory / "data", directory / "run"
+    for path in (data, sockets):
+        stack.own_dir(path, account)
+    initdb = [stack.PG_BIN / "initdb", "-D", data, "-U", "test", "--auth-local=trust", "--auth-host=reject"]
+    subprocess.run(stack.as_cluster_account(initdb), check=True, stdout=subprocess.DEVNULL)
+    server = [stack.PG_BIN / "postgres", "-D", data, "-c", "listen_addresses=",
+              "-c", f"unix_socket_directories={sockets}", "-c", "fsync=off"]  # fmt: skip
+    process = subprocess.Popen(stack.as_cluster_account(server), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        ready = [stack.PG_BIN / "pg_isready", "-q", "-h", sockets, "-U", "test", "-d", "postgres"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(ready).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the tests' PostgreSQL did not start")
+            time.sleep(0.1)
+        database.update(HOST=str(sockets), PORT="", USER="test", PASSWORD="", NAME="test")
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)  # a fast shutdown
+        process.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ environment win over the file (so tests and `make check` can override them).
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -47,20 +47,28 @@ def get_list(key: str, default: str = "") -> list[str]:
 
 
 def database_from_url(url: str, base_dir: Path) -> dict:
-    """Turn sqlite:///path or postgres://user:pass@host:port/name into DATABASES["default"]."""
+    """Turn sqlite:///path or postgres://user:pass@host:port/name?options into DATABASES["default"].
+
+    postgres:///name?host=/var/run/postgresql is a unix socket (the directory
+    holding it) with peer authentication: no user, no password. Every other
+    query parameter (sslmode=verify-full, sslrootcert=/path, ...) goes to
+    psycopg as a connection option.
+    """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         # sqlite:///db.sqlite3 is relative to the project, sqlite:////abs/path absolute.
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": base_dir / parts.path[1:]}
     if parts.scheme in {"postgres", "postgresql"}:
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        # An empty host means the default unix socket, like psql; ?host= names its directory.
+        host = unquote(parts.hostname or "") or options.pop("host", "")
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path[1:]),
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
-            # An empty host means the local unix socket, like psql.
-            "HOST": unquote(parts.hostname or ""),
+            "HOST": host,
             "PORT": str(parts.port or ""),
-            "CONN_MAX_AGE": 60,
+            "OPTIONS": options,
         }
     raise ValueError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use sqlite:// or postgres://)")

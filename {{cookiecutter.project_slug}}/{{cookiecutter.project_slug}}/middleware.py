@@ -5,7 +5,8 @@ errors), so while that Redis is down a request that needs the session raises
 redis ConnectionError or TimeoutError. That is an outage, not a bug: answer
 503 with Retry-After, fast, instead of a 500, and keep the session cookie so
 the user is still logged in when Redis is back. Pages that do not touch the
-session are not affected.
+session are not affected. The same goes for the database: PostgreSQL
+stopped or restarting gives the same 503 page.
 
 RedisUnavailableMiddleware catches what views raise; server_error (the 500
 handler, see urls.py) catches what other middleware raises, such as
@@ -15,10 +16,14 @@ SessionMiddleware saving a session after the view.
 import logging
 import sys
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.views import defaults
 
 from .sessions import REDIS_ERRORS
+
+# The database unreachable (PostgreSQL stopped or restarting) is an outage too.
+UNAVAILABLE = (*REDIS_ERRORS, OperationalError, InterfaceError)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +40,8 @@ PAGE = """<!doctype html>
 
 
 def service_unavailable(request, exc):
-    logger.error("503 for %s %s: Redis unavailable: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    what = "Redis" if isinstance(exc, REDIS_ERRORS) else "database"
+    logger.error("503 for %s %s: %s unavailable: %s: %s", request.method, request.path, what, type(exc).__name__, exc)
     response = HttpResponse(PAGE, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     # Django logs every response >= 500 once more; this one is expected.
@@ -51,14 +57,14 @@ class RedisUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        if isinstance(exception, REDIS_ERRORS):
+        if isinstance(exception, UNAVAILABLE):
             return service_unavailable(request, exception)
         return None
 
 
 def server_error(request):
-    """handler500: a Redis outage raised outside a view is a 503 too."""
+    """handler500: an outage raised outside a view is a 503 too."""
     exc = sys.exc_info()[1]
-    if isinstance(exc, REDIS_ERRORS):
+    if isinstance(exc, UNAVAILABLE):
         return service_unavailable(request, exc)
     return defaults.server_error(request)

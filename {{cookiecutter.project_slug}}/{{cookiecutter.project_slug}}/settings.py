@@ -64,9 +64,18 @@ TEMPLATES = [
     },
 ]
 
+{%- if cookiecutter.database == "postgresql" %}
+# PostgreSQL: locally the stack's own cluster (make up) on the unix socket in
+# run/postgres/, no TCP, no password. The server's .env sets DATABASE_URL to
+# Debian's cluster (postgres:///name?host=/var/run/postgresql, peer
+# authentication); a managed database is one DATABASE_URL away: it always wins.
+DEFAULT_DATABASE_URL = f"postgres://{{ cookiecutter.project_slug }}@/{{ cookiecutter.project_slug }}?host={RUN_DIR}/postgres"
+{%- else %}
 # SQLite by default; set DATABASE_URL=postgres://user:password@host:5432/name
-# (and install psycopg) to use PostgreSQL instead.
-DATABASES = {"default": env.database_from_url(env.get_str("DATABASE_URL", "sqlite:///db.sqlite3"), BASE_DIR)}
+# (or postgres:///name?host=/socket/dir) to use PostgreSQL instead.
+DEFAULT_DATABASE_URL = "sqlite:///db.sqlite3"
+{%- endif %}
+DATABASES = {"default": env.database_from_url(env.get_str("DATABASE_URL", DEFAULT_DATABASE_URL), BASE_DIR)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets readers run during a write; NORMAL sync is safe with WAL and
     # makes each write much cheaper. IMMEDIATE avoids "database is locked"
@@ -75,6 +84,13 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
     }
+else:
+    # Each gunicorn sync worker keeps its connection across requests instead
+    # of opening one per request (tools/bench.py --postgres: docs/performance.md),
+    # and checks it before reuse, so a restarted PostgreSQL costs one error-free
+    # reconnect. A pool buys nothing here: a sync worker runs one request at a time.
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

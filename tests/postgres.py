@@ -1,0 +1,130 @@
+"""Helpers for the PostgreSQL tests (database=postgresql): a running stack, psql
+against it, and throwaway clusters of Debian's PostgreSQL 15.
+
+PostgreSQL refuses to run as root. The tests run as root (as CI does), so a
+throwaway cluster runs as `nobody`, like the stack's own does when root owns
+the project, and its directories must be reachable by nobody.
+"""
+
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from conftest import SHORT_DIRS, Stack, bake, free_port, require, run
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def require_postgres():
+    if not (PG_BIN / "postgres").exists():
+        require(str(PG_BIN / "postgres"))  # fails under CI, skips elsewhere
+    return PG_BIN
+
+
+def open_to_others(project):
+    """Short bake directories are mkdtemp's 0700: let postgres's account (nobody) through."""
+    project.parent.chmod(0o755)
+
+
+def start_pg_stack(cookies, **choices):
+    """Bake with database=postgresql and a real .venv, then `make up`."""
+    require_postgres()
+    require("redis-server")
+    require("nginx")
+    project = bake(cookies, venv=True, local_port=str(free_port()), database="postgresql", **choices)
+    open_to_others(project)
+    stack = Stack(project)
+    stack.make("up")
+    return stack
+
+
+def psql(stack, sql):
+    """One query on the stack's database over its socket, as the project's role; rows as text."""
+    result = run(
+        [PG_BIN / "psql", "-X", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug, "-d", stack.slug,
+         "-c", sql],
+        stack.project,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def postgres_pids(directory):
+    """PIDs of postgres processes whose command line names `directory`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "postgres" in cmdline.split(" ")[0] and str(directory) in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def uid_of(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+class Cluster:
+    """A throwaway PostgreSQL 15 cluster on a unix socket in a short directory, no TCP
+    unless `tcp_port` is given. As root it runs as nobody."""
+
+    def __init__(self, tcp_port=None, options=()):
+        require_postgres()
+        self.dir = Path(tempfile.mkdtemp(prefix="sst-pg-", dir="/tmp"))
+        SHORT_DIRS.append(self.dir)
+        self.dir.chmod(0o755)
+        self.data = self.dir / "data"
+        self.socket_dir = self.dir / "run"
+        self.account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+        for path in (self.data, self.socket_dir):
+            path.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(path, self.account.pw_uid, self.account.pw_gid)
+        self.user = "postgres"
+        self.as_account([PG_BIN / "initdb", "-D", self.data, "-U", self.user, "--auth-local=trust",
+                         "--auth-host=trust", "-E", "UTF8", "--locale=C.UTF-8"])  # fmt: skip
+        listen = f"listen_addresses='127.0.0.1' -c port={tcp_port}" if tcp_port else "listen_addresses=''"
+        extra = " ".join(f"-c {option}" for option in options)
+        self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w", "-o",
+                         f"-c {listen} -c unix_socket_directories={self.socket_dir} {extra}", "start"])  # fmt: skip
+
+    def as_account(self, command):
+        if os.geteuid() == 0:
+            command = ["setpriv", f"--reuid={self.account.pw_uid}", f"--regid={self.account.pw_gid}",
+                       "--clear-groups", *command]  # fmt: skip
+        return run([str(part) for part in command], self.dir)
+
+    def psql(self, sql, database="postgres"):
+        return run(
+            [PG_BIN / "psql", "-X", "-At", "-h", self.socket_dir, "-U", self.user, "-d", database, "-c", sql], self.dir
+        ).stdout.strip()
+
+    def stop(self):
+        self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for(check, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_all(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
