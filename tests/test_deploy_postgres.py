@@ -362,3 +362,14 @@ def test_role_or_database_not_the_sites_stops_install(conflict_project, case):
     finally:
         psql(f"DROP DATABASE IF EXISTS {CONFLICT_SLUG}")
         psql(f"DROP ROLE IF EXISTS {CONFLICT_SLUG}")
+
+
+def test_uninstall_refuses_keep_and_purge_together(cookies_session):
+    """Two flags that contradict each other stop uninstall.sh before it looks at the server."""
+    project = bake(cookies_session, project_slug=CONFLICT_SLUG, domain_name=DOMAIN, database="postgresql")
+    result = run([project / "deploy" / "uninstall.sh", "--keep-data", "--purge-data"], project, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "uninstall.sh: ERROR: --keep-data and --purge-data contradict each other: give one of them."
+    ]
+    assert result.stdout == ""
