@@ -16,6 +16,7 @@ the real `apt-get update` and `apt-get install postgresql` run against
 Debian's archive and resolve the package without changing the machine.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -263,7 +264,7 @@ def wait_healthy(site, timeout=60):
         if code == 0 and status == 200:
             return
         time.sleep(0.3)
-    pytest.fail("https /healthz is not 200 after the restore")
+    pytest.fail("https /healthz is not 200 again")
 
 
 def test_second_install_keeps_the_login(pg_site):
@@ -274,6 +275,27 @@ def test_second_install_keeps_the_login(pg_site):
     assert "all present: postgresql" in output
     status, _, body = pg_site.get("/admin/")
     assert status == 200 and "Log out" in body, "the second install logged the user out"
+
+
+def test_cluster_down_is_a_503_naming_database_and_back_without_restarts(pg_site):
+    """docs/runbook.md's server line: stop Debian's cluster, /healthz names
+    `database`; start it, /healthz is 200 again with nothing of the site restarted."""
+    version, name, _ = default_cluster()
+    supervisorctl = ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "pid", f"{SLUG}:{SLUG}-gunicorn"]
+    gunicorn = subprocess.run(supervisorctl, capture_output=True, text=True)
+    run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], "/")
+    try:
+        status, _, body = pg_site.get("/healthz", jar=False)
+        assert status == 503, body
+        assert json.loads(body)["failed"] == ["database"]
+    finally:
+        run(["pg_ctlcluster", version, name, "start"], "/")
+    started = time.monotonic()
+    wait_healthy(pg_site)
+    print(f"/healthz 200 again {time.monotonic() - started:.2f} s after pg_ctlcluster start returned")
+    again = subprocess.run(supervisorctl, capture_output=True, text=True)
+    assert gunicorn.stdout.strip().isdigit() and again.stdout == gunicorn.stdout  # the same gunicorn master
+    pg_site.login()
 
 
 def test_other_cluster_and_databases_untouched(pg_site):

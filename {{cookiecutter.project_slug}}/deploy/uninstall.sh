@@ -140,7 +140,9 @@ if [ "$DATABASE" = "postgresql" ]; then
     step "PostgreSQL: database and role '$APP_USER'"
     read -r version name status <<<"$(pg_cluster)"
     cluster="$version/$name"
-    if [ "$PURGE_DATA" = no ]; then
+    if [ "$PURGE_DATA" = no ] && [[ "$status" == online* ]] && [ "$(pg_state "$cluster")" = "none|" ]; then
+        echo "uninstall.sh: no PostgreSQL database or role '$SLUG' in cluster $cluster: nothing to keep."
+    elif [ "$PURGE_DATA" = no ]; then
         # One line, whatever the cluster's state: the data is there to come back to.
         echo "uninstall.sh: the PostgreSQL database '$SLUG' and its role stay (cluster ${version:+$cluster on }port $PG_PORT); \`deploy/uninstall.sh --purge-data\` drops them."
     elif [ -z "$version" ] || [[ "$status" != online* ]]; then
