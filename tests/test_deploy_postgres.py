@@ -381,6 +381,14 @@ def test_role_or_database_not_the_sites_stops_install(conflict_project, case):
             assert psql("SELECT x FROM t", database=CONFLICT_SLUG) == "theirs"
         assert not Path(f"/webapps/{CONFLICT_SLUG}").exists()
         assert subprocess.run(["id", CONFLICT_SLUG], capture_output=True).returncode != 0
+        # uninstall.sh --purge-data drops only what install.sh made: here, nothing.
+        result = run([conflict_project / "deploy" / "uninstall.sh", "--purge-data"], conflict_project, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith("uninstall.sh: ERROR: --purge-data: PostgreSQL ") and "nothing was dropped" in line
+        assert role_and_database(CONFLICT_SLUG) == before
+        if "DATABASE" in setup:
+            assert psql("SELECT x FROM t", database=CONFLICT_SLUG) == "theirs"
     finally:
         psql(f"DROP DATABASE IF EXISTS {CONFLICT_SLUG}")
         psql(f"DROP ROLE IF EXISTS {CONFLICT_SLUG}")
