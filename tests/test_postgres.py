@@ -8,14 +8,16 @@ throwaway clusters (tests/postgres.py). Run with -s for the figures.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEMPLATE, Stack, bake, free_port, load_hook, project_module, run, stop_stack
+from conftest import TEMPLATE, Stack, bake, free_port, load_hook, project_module, run, short_output_dir, stop_stack
 from postgres import PG_BIN, Cluster, open_to_others, postgres_pids, psql, start_pg_stack, uid_of, wait_for
 
 pytestmark = pytest.mark.stack
@@ -204,6 +206,32 @@ def test_make_backup_restores_into_a_fresh_cluster(pg_stack):
         assert cluster.psql("SELECT username FROM auth_user WHERE is_superuser", "restored") == "admin"
     finally:
         cluster.stop()
+
+
+def test_project_make_test_and_check(pg_stack):
+    """The project's own tests start their own cluster; the checks pass on the postgresql bake."""
+    stack = pg_stack
+    if stack.engine != "cache":
+        pytest.skip("once is enough")
+    result = stack.make("test", env={"DATABASE_URL": ""}, timeout=300)
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    stack.make("check", timeout=300)
+    assert not [path for path in Path("/tmp").glob("pgtest-*") if path.stat().st_mtime > time.time() - 300]
+
+
+def test_make_up_names_the_directory_postgres_cannot_enter(cookies):
+    if os.geteuid() != 0:
+        pytest.skip("only root hands PostgreSQL to another account")
+    baked = bake(cookies, local_port=str(free_port()), database="postgresql")
+    project = short_output_dir("blocked") / baked.name  # 0700, as mkdtemp makes it: nobody cannot pass
+    shutil.copytree(baked, project)
+    # It stops before anything needs the project's .venv: the tooling's Python will do.
+    result = run([sys.executable, "deploy/local_stack.py", "up"], project, check=False)
+    assert result.returncode != 0
+    first = next(line for line in result.stderr.splitlines() if line.startswith("make up:"))
+    assert "PostgreSQL runs as nobody" in first and f"cannot enter {project.parent}: `chmod o+x" in first, first
+    assert Stack(project).processes() == []
+    assert not (project / "var" / "postgres").exists()
 
 
 # As a normal user, and a remote database ---------------------------------------------
