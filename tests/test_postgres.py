@@ -17,7 +17,18 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEMPLATE, Stack, bake, free_port, load_hook, project_module, run, short_output_dir, stop_stack
+from conftest import (
+    TEMPLATE,
+    Stack,
+    bake,
+    free_port,
+    load_hook,
+    project_module,
+    require,
+    run,
+    short_output_dir,
+    stop_stack,
+)
 from postgres import PG_BIN, Cluster, open_to_others, postgres_pids, psql, start_pg_stack, uid_of, wait_for
 
 pytestmark = pytest.mark.stack
@@ -198,7 +209,7 @@ def test_make_backup_restores_into_a_fresh_cluster(pg_stack):
     dump = next(line for line in output.splitlines() if line.endswith(".dump"))
     assert dump.startswith(str(stack.project / "var" / "backups"))
     assert open(dump, "rb").read(5) == b"PGDMP"  # pg_dump's custom format
-    cluster = Cluster()
+    cluster = Cluster().start()
     try:
         cluster.psql("CREATE DATABASE restored")
         run([PG_BIN / "pg_restore", "--no-owner", "-h", cluster.socket_dir, "-U", cluster.user, "-d", "restored", dump],
@@ -306,3 +317,74 @@ def test_database_mysql_is_refused(tmp_path):
     assert result.returncode != 0
     assert "mysql provided for choice variable database" in result.stderr.splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+# A managed-style PostgreSQL: TCP with TLS and a password, verified against a CA --------------
+
+
+def make_certificates(directory):
+    """A throwaway CA, a server certificate for 127.0.0.2 signed by it, and an unrelated CA."""
+    openssl = require("openssl")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.2\n")
+    commands = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sst throwaway CA",
+         "-keyout", "ca.key", "-out", "ca.pem"],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sst other CA",
+         "-keyout", "other.key", "-out", "other-ca.pem"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.2", "-keyout", "server.key", "-out",
+         "server.csr"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+         "-extfile", "san.ext", "-out", "server.crt"],
+    ]  # fmt: skip
+    for command in commands:
+        run([openssl, *command], directory)
+    for name in ("ca.pem", "other-ca.pem"):
+        (directory / name).chmod(0o644)
+    return directory / "ca.pem", directory / "other-ca.pem"
+
+
+def test_database_url_over_tcp_with_tls(cookies, tmp_path):
+    """DATABASE_URL=postgres://app:pw@127.0.0.2:port/app?sslmode=verify-full&sslrootcert=...:
+    migrate, log in and /healthz through it (the local PostgreSQL stays off); with
+    the wrong CA, Django's first connection fails and says why."""
+    ca, other_ca = make_certificates(tmp_path)
+    cluster = Cluster(tcp_port=free_port(), listen="127.0.0.2")
+    try:
+        for name in ("server.crt", "server.key"):
+            shutil.copy(tmp_path / name, cluster.data / name)
+            cluster.own(cluster.data / name, 0o600)
+        with open(cluster.data / "pg_hba.conf", "a") as hba:
+            # TLS only, with a password: 127.0.0.2 matches no other line.
+            hba.write("hostssl app app 127.0.0.2/32 scram-sha-256\n")
+        cluster.start("ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key")
+        cluster.psql("CREATE ROLE app LOGIN PASSWORD 'tls-test-pw'")
+        cluster.psql("CREATE DATABASE app OWNER app")
+        url = f"postgres://app:tls-test-pw@127.0.0.2:{cluster.tcp_port}/app?sslmode=verify-full&sslrootcert={ca}"
+
+        project = bake(cookies, venv=True, local_port=str(free_port()), database="postgresql")
+        stack = Stack(project)
+        wrong = run([project / ".venv" / "bin" / "python", "manage.py", "migrate", "--noinput"], project,
+                    env={"DATABASE_URL": url.replace(str(ca), str(other_ca))}, check=False)  # fmt: skip
+        assert wrong.returncode != 0
+        last = wrong.stderr.strip().splitlines()[-1]
+        report(f"wrong CA: {last}")
+        assert "certificate verify failed" in last, last
+        with open(project / ".env", "a") as env:
+            env.write(f"DATABASE_URL={url}\n")
+        try:
+            stack.make("up")
+            assert not (project / "var" / "postgres").exists()  # no local cluster
+            state = stack.supervisor().getProcessInfo(f"{stack.slug}-postgres")["statename"]
+            assert state == "EXITED"
+            assert "the local PostgreSQL stays off" in stack.log("postgres.log")
+            health = requests.get(f"{stack.base_url}/healthz", timeout=10)
+            assert health.status_code == 200 and health.json()["checks"]["database"] == "ok"
+            stack.create_admin(PASSWORD)
+            session = login(stack)
+            assert get(stack, session, "/admin/").status_code == 200
+            ssl = "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND usename = 'app'"
+            assert int(cluster.psql(ssl)) >= 1  # gunicorn's persistent connections, over TLS
+        finally:
+            stop_stack(stack)
+    finally:
+        cluster.stop()
