@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench.py [--compare all]               # bakes a default project first
     .venv/bin/python tools/bench.py --project /path/to/my_site    # a baked project with its .venv
+    .venv/bin/python tools/bench.py --postgres                    # also PostgreSQL: vs SQLite, socket vs TCP, pooling
 
 It measures the template's choices (workers, session stores, Redis over a
 socket or TCP, Redis client options, nginx's page cache); docs/performance.md
@@ -19,6 +20,9 @@ figure is the median of several rounds. What it runs, and stops again:
   (deploy/nginx/) pointed at that gunicorn;
 - for `--compare redis`, a throwaway redis-server listening on a unix socket
   and on 127.0.0.1 at once.
+- for `--postgres` (which bakes with database=postgresql into var/bench-postgres/),
+  a throwaway PostgreSQL cluster on a unix socket and on 127.0.0.1 at once, and
+  one gunicorn per PostgreSQL variant on its own 127.0.0.1 port, all at once.
 
 Nothing is installed; without wrk it says how to get it. Results: a table on
 stdout, a JSON file (the project's var/bench/latest.json unless --json is
@@ -780,6 +784,8 @@ def main(argv=None):
     finally:
         stop(redis)
         stop(postgres, signal.SIGINT)  # PostgreSQL's fast shutdown
+        if postgres:
+            shutil.rmtree(RUN / "bench-postgres", ignore_errors=True)
         if REDIS_SOCKET:
             REDIS_SOCKET.unlink(missing_ok=True)
 
