@@ -83,6 +83,12 @@ def test_login_lives_in_postgres_and_survives_down_and_up(pg_stack):
     assert psql(stack, "SELECT current_user") == stack.slug
     socket_dir = stack.project / "run" / "postgres"
     assert socket_dir.stat().st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:
+        # trust, but on a socket only the cluster's account (and root) can reach.
+        other = run(["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", PG_BIN / "psql", "-X",
+                     "-h", socket_dir, "-U", stack.slug, "-d", stack.slug, "-c", "SELECT 1"], stack.project,
+                    check=False)  # fmt: skip
+        assert other.returncode != 0 and "Permission denied" in other.stderr, other.stderr
     pids = postgres_pids(stack.project / "var" / "postgres")
     assert pids
     # Run as root, the cluster belongs to an unprivileged account (nobody: root owns the project).
