@@ -73,28 +73,38 @@ def uid_of(pid):
 
 
 class Cluster:
-    """A throwaway PostgreSQL 15 cluster on a unix socket in a short directory, no TCP
-    unless `tcp_port` is given. As root it runs as nobody."""
+    """A throwaway PostgreSQL 15 cluster on a unix socket in a short directory (trust
+    there), and on TCP when `tcp_port` is given. As root it runs as nobody. initdb
+    runs here; start() starts it, after a test has added its files or hba lines."""
 
-    def __init__(self, tcp_port=None, options=()):
+    def __init__(self, tcp_port=None, listen="127.0.0.1"):
         require_postgres()
         self.dir = Path(tempfile.mkdtemp(prefix="sst-pg-", dir="/tmp"))
         SHORT_DIRS.append(self.dir)
         self.dir.chmod(0o755)
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "run"
+        self.tcp_port, self.listen = tcp_port, listen
         self.account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         for path in (self.data, self.socket_dir):
             path.mkdir(mode=0o700)
-            if os.geteuid() == 0:
-                os.chown(path, self.account.pw_uid, self.account.pw_gid)
+            self.own(path)
         self.user = "postgres"
         self.as_account([PG_BIN / "initdb", "-D", self.data, "-U", self.user, "--auth-local=trust",
-                         "--auth-host=trust", "-E", "UTF8", "--locale=C.UTF-8"])  # fmt: skip
-        listen = f"listen_addresses='127.0.0.1' -c port={tcp_port}" if tcp_port else "listen_addresses=''"
+                         "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])  # fmt: skip
+
+    def own(self, path, mode=None):
+        if os.geteuid() == 0:
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+        if mode is not None:
+            path.chmod(mode)
+
+    def start(self, *options):
+        listen = f"listen_addresses='{self.listen}' -c port={self.tcp_port}" if self.tcp_port else "listen_addresses=''"
         extra = " ".join(f"-c {option}" for option in options)
         self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w", "-o",
                          f"-c {listen} -c unix_socket_directories={self.socket_dir} {extra}", "start"])  # fmt: skip
+        return self
 
     def as_account(self, command):
         if os.geteuid() == 0:
@@ -104,8 +114,10 @@ class Cluster:
 
     def psql(self, sql, database="postgres"):
         return run(
-            [PG_BIN / "psql", "-X", "-At", "-h", self.socket_dir, "-U", self.user, "-d", database, "-c", sql], self.dir
-        ).stdout.strip()
+            [PG_BIN / "psql", "-X", "-At", "-h", self.socket_dir, "-p", str(self.tcp_port or 5432), "-U", self.user,
+             "-d", database, "-c", sql],
+            self.dir,
+        ).stdout.strip()  # fmt: skip
 
     def stop(self):
         self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"])

@@ -37,7 +37,8 @@ CHECK_AND_SETTINGS = (
     "import django, json; django.setup(); from django.conf import settings as s;"
     "from django.core.management import call_command; call_command('check', fail_level='WARNING');"
     "print(json.dumps({'engine': s.SESSION_ENGINE, 'alias': s.SESSION_CACHE_ALIAS, 'django': django.__version__,"
-    "'default': s.CACHES['default'], 'sessions': s.CACHES['sessions']}, default=str))"
+    "'default': s.CACHES['default'], 'sessions': s.CACHES['sessions'], 'database': s.DATABASES['default']},"
+    "default=str))"
 )
 # What Django and gunicorn read (and .env, see python_side).
 PYTHON_SIDE = {".py", ".toml", ".html", ".css", ".js", ".json", ".txt"}
@@ -158,6 +159,14 @@ def test_settings_follow_the_choices(baked, django_results):
     else:
         assert settings["default"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=0"
         assert settings["sessions"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=1"
+    # SQLite in the project, or the local stack's PostgreSQL on its socket in run/postgres/.
+    database = settings["database"]
+    if combo["database"] == "postgresql":
+        assert database["ENGINE"] == "django.db.backends.postgresql"
+        assert (database["HOST"], database["NAME"], database["USER"]) == (str(project / "run" / "postgres"), slug, slug)
+        assert (database["CONN_MAX_AGE"], database["CONN_HEALTH_CHECKS"], database["PASSWORD"]) == (600, True, "")
+    else:
+        assert database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] == str(project / "db.sqlite3")
 
 
 def test_pruned_files_follow_the_choices(baked):
@@ -165,6 +174,7 @@ def test_pruned_files_follow_the_choices(baked):
     assert (project / "deploy" / "redis").exists() == (combo["redis"] == "dedicated")
     stores = sorted(path.name for path in (project / project.name / "sessions").glob("*.py"))
     assert stores == ["__init__.py", f"{combo['session_engine']}.py"]
+    assert (project / "docs" / "postgresql.md").exists() == (combo["database"] == "postgresql")
 
 
 def test_gunicorn_check_config(baked, django_results):
@@ -193,6 +203,8 @@ def test_supervisord_parses_config(baked):
     expected = {f"{slug}-gunicorn", f"{slug}-nginx"}
     if combo["redis"] == "dedicated":
         expected |= {f"{slug}-redis-cache", f"{slug}-redis-sessions"}
+    if combo["database"] == "postgresql":
+        expected.add(f"{slug}-postgres")  # the local stack's own cluster (local.conf only)
     assert set(names) == expected
 
 

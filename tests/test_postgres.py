@@ -8,14 +8,27 @@ throwaway clusters (tests/postgres.py). Run with -s for the figures.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEMPLATE, Stack, bake, free_port, load_hook, project_module, run, stop_stack
+from conftest import (
+    TEMPLATE,
+    Stack,
+    bake,
+    free_port,
+    load_hook,
+    project_module,
+    require,
+    run,
+    short_output_dir,
+    stop_stack,
+)
 from postgres import PG_BIN, Cluster, open_to_others, postgres_pids, psql, start_pg_stack, uid_of, wait_for
 
 pytestmark = pytest.mark.stack
@@ -70,6 +83,12 @@ def test_login_lives_in_postgres_and_survives_down_and_up(pg_stack):
     assert psql(stack, "SELECT current_user") == stack.slug
     socket_dir = stack.project / "run" / "postgres"
     assert socket_dir.stat().st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:
+        # trust, but on a socket only the cluster's account (and root) can reach.
+        other = run(["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", PG_BIN / "psql", "-X",
+                     "-h", socket_dir, "-U", stack.slug, "-d", stack.slug, "-c", "SELECT 1"], stack.project,
+                    check=False)  # fmt: skip
+        assert other.returncode != 0 and "Permission denied" in other.stderr, other.stderr
     pids = postgres_pids(stack.project / "var" / "postgres")
     assert pids
     # Run as root, the cluster belongs to an unprivileged account (nobody: root owns the project).
@@ -196,7 +215,7 @@ def test_make_backup_restores_into_a_fresh_cluster(pg_stack):
     dump = next(line for line in output.splitlines() if line.endswith(".dump"))
     assert dump.startswith(str(stack.project / "var" / "backups"))
     assert open(dump, "rb").read(5) == b"PGDMP"  # pg_dump's custom format
-    cluster = Cluster()
+    cluster = Cluster().start()
     try:
         cluster.psql("CREATE DATABASE restored")
         run([PG_BIN / "pg_restore", "--no-owner", "-h", cluster.socket_dir, "-U", cluster.user, "-d", "restored", dump],
@@ -204,6 +223,32 @@ def test_make_backup_restores_into_a_fresh_cluster(pg_stack):
         assert cluster.psql("SELECT username FROM auth_user WHERE is_superuser", "restored") == "admin"
     finally:
         cluster.stop()
+
+
+def test_project_make_test_and_check(pg_stack):
+    """The project's own tests start their own cluster; the checks pass on the postgresql bake."""
+    stack = pg_stack
+    if stack.engine != "cache":
+        pytest.skip("once is enough")
+    result = stack.make("test", env={"DATABASE_URL": ""}, timeout=300)
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    stack.make("check", timeout=300)
+    assert not [path for path in Path("/tmp").glob("pgtest-*") if path.stat().st_mtime > time.time() - 300]
+
+
+def test_make_up_names_the_directory_postgres_cannot_enter(cookies):
+    if os.geteuid() != 0:
+        pytest.skip("only root hands PostgreSQL to another account")
+    baked = bake(cookies, local_port=str(free_port()), database="postgresql")
+    project = short_output_dir("blocked") / baked.name  # 0700, as mkdtemp makes it: nobody cannot pass
+    shutil.copytree(baked, project)
+    # It stops before anything needs the project's .venv: the tooling's Python will do.
+    result = run([sys.executable, "deploy/local_stack.py", "up"], project, check=False)
+    assert result.returncode != 0
+    first = next(line for line in result.stderr.splitlines() if line.startswith("make up:"))
+    assert "PostgreSQL runs as nobody" in first and f"cannot enter {project.parent}: `chmod o+x" in first, first
+    assert Stack(project).processes() == []
+    assert not (project / "var" / "postgres").exists()
 
 
 # As a normal user, and a remote database ---------------------------------------------
@@ -278,3 +323,74 @@ def test_database_mysql_is_refused(tmp_path):
     assert result.returncode != 0
     assert "mysql provided for choice variable database" in result.stderr.splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+# A managed-style PostgreSQL: TCP with TLS and a password, verified against a CA --------------
+
+
+def make_certificates(directory):
+    """A throwaway CA, a server certificate for 127.0.0.2 signed by it, and an unrelated CA."""
+    openssl = require("openssl")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.2\n")
+    commands = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sst throwaway CA",
+         "-keyout", "ca.key", "-out", "ca.pem"],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sst other CA",
+         "-keyout", "other.key", "-out", "other-ca.pem"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.2", "-keyout", "server.key", "-out",
+         "server.csr"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+         "-extfile", "san.ext", "-out", "server.crt"],
+    ]  # fmt: skip
+    for command in commands:
+        run([openssl, *command], directory)
+    for name in ("ca.pem", "other-ca.pem"):
+        (directory / name).chmod(0o644)
+    return directory / "ca.pem", directory / "other-ca.pem"
+
+
+def test_database_url_over_tcp_with_tls(cookies, tmp_path):
+    """DATABASE_URL=postgres://app:pw@127.0.0.2:port/app?sslmode=verify-full&sslrootcert=...:
+    migrate, log in and /healthz through it (the local PostgreSQL stays off); with
+    the wrong CA, Django's first connection fails and says why."""
+    ca, other_ca = make_certificates(tmp_path)
+    cluster = Cluster(tcp_port=free_port(), listen="127.0.0.2")
+    try:
+        for name in ("server.crt", "server.key"):
+            shutil.copy(tmp_path / name, cluster.data / name)
+            cluster.own(cluster.data / name, 0o600)
+        with open(cluster.data / "pg_hba.conf", "a") as hba:
+            # TLS only, with a password: 127.0.0.2 matches no other line.
+            hba.write("hostssl app app 127.0.0.2/32 scram-sha-256\n")
+        cluster.start("ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key")
+        cluster.psql("CREATE ROLE app LOGIN PASSWORD 'tls-test-pw'")
+        cluster.psql("CREATE DATABASE app OWNER app")
+        url = f"postgres://app:tls-test-pw@127.0.0.2:{cluster.tcp_port}/app?sslmode=verify-full&sslrootcert={ca}"
+
+        project = bake(cookies, venv=True, local_port=str(free_port()), database="postgresql")
+        stack = Stack(project)
+        wrong = run([project / ".venv" / "bin" / "python", "manage.py", "migrate", "--noinput"], project,
+                    env={"DATABASE_URL": url.replace(str(ca), str(other_ca))}, check=False)  # fmt: skip
+        assert wrong.returncode != 0
+        last = wrong.stderr.strip().splitlines()[-1]
+        report(f"wrong CA: {last}")
+        assert "certificate verify failed" in last, last
+        with open(project / ".env", "a") as env:
+            env.write(f"DATABASE_URL={url}\n")
+        try:
+            stack.make("up")
+            assert not (project / "var" / "postgres").exists()  # no local cluster
+            state = stack.supervisor().getProcessInfo(f"{stack.slug}-postgres")["statename"]
+            assert state == "EXITED"
+            assert "the local PostgreSQL stays off" in stack.log("postgres.log")
+            health = requests.get(f"{stack.base_url}/healthz", timeout=10)
+            assert health.status_code == 200 and health.json()["checks"]["database"] == "ok"
+            stack.create_admin(PASSWORD)
+            session = login(stack)
+            assert get(stack, session, "/admin/").status_code == 200
+            ssl = "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND usename = 'app'"
+            assert int(cluster.psql(ssl)) >= 1  # gunicorn's persistent connections, over TLS
+        finally:
+            stop_stack(stack)
+    finally:
+        cluster.stop()

@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench.py [--compare all]               # bakes a default project first
     .venv/bin/python tools/bench.py --project /path/to/my_site    # a baked project with its .venv
+    .venv/bin/python tools/bench.py --postgres                    # also PostgreSQL: vs SQLite, socket vs TCP, pooling
 
 It measures the template's choices (workers, session stores, Redis over a
 socket or TCP, Redis client options, nginx's page cache); docs/performance.md
@@ -19,6 +20,9 @@ figure is the median of several rounds. What it runs, and stops again:
   (deploy/nginx/) pointed at that gunicorn;
 - for `--compare redis`, a throwaway redis-server listening on a unix socket
   and on 127.0.0.1 at once.
+- for `--postgres` (which bakes with database=postgresql into var/bench-postgres/),
+  a throwaway PostgreSQL cluster on a unix socket and on 127.0.0.1 at once, and
+  one gunicorn per PostgreSQL variant on its own 127.0.0.1 port, all at once.
 
 Nothing is installed; without wrk it says how to get it. Results: a table on
 stdout, a JSON file (the project's var/bench/latest.json unless --json is
@@ -471,34 +475,60 @@ def postgres_variants(socket_dir, port):
     return [entry for entry in variants if not (pool_missing and entry["name"] == "pg-pool")]
 
 
-def run_postgres_rounds(wrk, entries, seconds, rounds, log=print):
-    """The --postgres variants one round at a time (every variant in each round), so
-    that each ratio pairs two variants measured minutes, not a quarter of an hour, apart
-    on a shared machine. Returns (results merged like run_variants', [per-round results])."""
-    per_round = []
-    for number in range(rounds):
-        log(f"bench: PostgreSQL round {number + 1} of {rounds}")
-        per_round.append(run_variants(wrk, entries, seconds, 1, log))
-    merged = {}
-    for name, first in per_round[0].items():
-        rows = {}
-        for row in first["rows"]:
-            samples = [result[name]["rows"][row] for result in per_round]
-            rows[row] = {
-                "path": samples[0]["path"],
-                "rps": statistics.median(s["rps"] for s in samples),
-                "p99_ms": statistics.median(s["p99_ms"] for s in samples),
-                "ratio_to_static": statistics.median(s["ratio_to_static"] for s in samples),
-                "errors": sum(s["errors"] for s in samples),
-                "rounds": [s["rounds"][0] for s in samples],
-            }
-        merged[name] = {**{key: first[key] for key in ("env", "args", "settings", "note")}, "rows": rows}
-    return merged, per_round
+PG_ROWS = ["plain", "orm-read", "session-write"]
 
 
-def postgres_summary(per_round):
-    """Medians over the rounds of ratios taken within one round: "x static" ratios, and
-    each row over the plain view of its own variant (steadier on a busy machine)."""
+def start_pg_gunicorn(entry):
+    """One variant's own gunicorn on a free 127.0.0.1 port: (process, port). No nginx
+    in front: it costs every variant the same, and wrk can reach gunicorn directly."""
+    module = "bench_settings_" + entry["name"].replace("-", "_")
+    header = [f"from {SLUG}.settings import *  # noqa: F403", "", "ROOT_URLCONF = 'bench_urls'"]
+    (WORK / f"{module}.py").write_text("\n".join([*header, *entry["settings"], ""]))
+    port = free_port()
+    env = {
+        "DJANGO_SETTINGS_MODULE": module,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(WORK), os.environ.get("PYTHONPATH")])),
+        **entry["env"],
+    }
+    command = [*local_stack.venv_tool("gunicorn"), "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+               "--bind", f"127.0.0.1:{port}", "--control-socket", str(RUN / f"bench-{entry['name']}.ctl")]  # fmt: skip
+    return start(command, "bench-gunicorn.log", env), port
+
+
+def run_postgres_interleaved(wrk, entries, seconds, rounds, log=print):
+    """Every --postgres variant's gunicorn runs at once; each round measures every row
+    of every variant in turn, so the two sides of each ratio are seconds apart, not
+    minutes: on a shared, busy machine that is what keeps the ratios steady.
+    Returns {variant: {row: [req/s per round]}}."""
+    (WORK / "bench_views.py").write_text(BENCH_VIEWS)
+    (WORK / "bench_urls.py").write_text(BENCH_URLS.format(slug=SLUG))
+    processes, ports, cookies = {}, {}, {}
+    try:
+        for entry in entries:
+            processes[entry["name"]], ports[entry["name"]] = start_pg_gunicorn(entry)
+        for entry in entries:
+            name = entry["name"]
+            ready = lambda port=ports[name]: http_get(port, "/bench/plain")[0] == 200  # noqa: E731
+            wait_until(ready, processes[name], f"{name} gunicorn", 60)
+            cookies[name] = session_cookie(ports[name])
+        rates = {entry["name"]: {row: [] for row in entry["rows"]} for entry in entries}
+        for number in range(rounds):
+            log(f"bench: PostgreSQL round {number + 1} of {rounds}")
+            for row in PG_ROWS:
+                for entry in entries:
+                    if row in entry["rows"]:
+                        header = cookies[entry["name"]] if row.startswith("session") else None
+                        url = f"http://127.0.0.1:{ports[entry['name']]}{ROWS[row][0]}"
+                        rates[entry["name"]][row].append(run_wrk(wrk, url, seconds, header)["rps"])
+    finally:
+        for process in processes.values():
+            stop(process)
+    return rates
+
+
+def postgres_summary(rates):
+    """Medians over the rounds of ratios within one round: the row's rate in two
+    variants, and the same over each variant's plain view of that round."""
     pairs = {
         "postgres / sqlite WAL (cached_db session-write)": ("pg-persistent", "sqlite-wal", "session-write"),
         "postgres socket / tcp (orm-read)": ("pg-persistent", "pg-tcp", "orm-read"),
@@ -509,14 +539,11 @@ def postgres_summary(per_round):
     }
     ratios = {}
     for name, (a, b, row) in pairs.items():
-        static = [ratio(results, a, row, b, row) for results in per_round]
-        own = [
-            (ratio(results, a, row, a, "plain") or 0) / (ratio(results, b, row, b, "plain") or 1)
-            for results in per_round
-        ]
-        if all(static):
-            ratios[name] = statistics.median(static)
-            ratios[f"{name}, per plain"] = statistics.median(own)
+        if a not in rates or b not in rates:
+            continue
+        runs = list(zip(rates[a][row], rates[b][row], rates[a]["plain"], rates[b]["plain"], strict=True))
+        ratios[name] = statistics.median(ra / rb for ra, rb, _, _ in runs)
+        ratios[f"{name}, each over its plain"] = statistics.median((ra / pa) / (rb / pb) for ra, rb, pa, pb in runs)
     return {name: round(value, 3) for name, value in ratios.items()}
 
 
@@ -747,8 +774,7 @@ def main(argv=None):
         if args.postgres:
             postgres, socket_dir, pg_port = start_postgres()
             pg_entries = postgres_variants(socket_dir, pg_port)
-            pg_results, pg_rounds = run_postgres_rounds(wrk, pg_entries, args.seconds, args.rounds)
-            results.update(pg_results)
+            pg_rates = run_postgres_interleaved(wrk, pg_entries, args.seconds, args.rounds)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
     except Exception as exc:
@@ -758,6 +784,8 @@ def main(argv=None):
     finally:
         stop(redis)
         stop(postgres, signal.SIGINT)  # PostgreSQL's fast shutdown
+        if postgres:
+            shutil.rmtree(RUN / "bench-postgres", ignore_errors=True)
         if REDIS_SOCKET:
             REDIS_SOCKET.unlink(missing_ok=True)
 
@@ -769,7 +797,11 @@ def main(argv=None):
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
         "rows": {name: description for name, (_, _, description) in ROWS.items()},
         "variants": results,
-        "summary": {**summary(results), **(postgres_summary(pg_rounds) if args.postgres else {})},
+        "summary": {**summary(results), **(postgres_summary(pg_rates) if args.postgres else {})},
+        "postgres": {
+            "note": "req/s per round of each --postgres variant's own gunicorn, straight to 127.0.0.1 (no nginx)",
+            "rates": pg_rates if args.postgres else {},
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
