@@ -86,7 +86,7 @@ def redis_cache(prefix: str, url: str, options: dict) -> dict:
     if parts.scheme == "rediss":
         ca_file = get_str("REDIS_TLS_CA_FILE")
         if ca_file and not Path(ca_file).is_file():
-            raise ValueError(f"REDIS_TLS_CA_FILE: {ca_file} is not a file (point it at the CA that signed Redis's certificate)")
+            raise ValueError(f"REDIS_TLS_CA_FILE: {ca_file} is not a file (name the CA that signed Redis' certificate)")
         tls = {"ssl_cert_reqs": "required", **({"ssl_ca_certs": ca_file} if ca_file else {})}
     sentinels = get_list(f"{prefix}_SENTINELS")
     service = get_str(f"{prefix}_SENTINEL_SERVICE")
@@ -102,7 +102,10 @@ def redis_cache(prefix: str, url: str, options: dict) -> dict:
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@{service}" if userinfo else service
     location = urlunsplit(("redis", netloc, parts.path or "/0", "", ""))
-    sentinel_kwargs = {"socket_timeout": options.get("SOCKET_TIMEOUT"), "socket_connect_timeout": options.get("SOCKET_CONNECT_TIMEOUT")}
+    sentinel_kwargs = {
+        "socket_timeout": options.get("SOCKET_TIMEOUT"),
+        "socket_connect_timeout": options.get("SOCKET_CONNECT_TIMEOUT"),
+    }
     if get_str("REDIS_SENTINEL_PASSWORD"):
         sentinel_kwargs["password"] = get_str("REDIS_SENTINEL_PASSWORD")
     if tls:
@@ -127,5 +130,5 @@ def sentinel_address(variable: str, item: str) -> tuple[str, int]:
     """host:port of one sentinel, or a one-line error naming the variable, the value and the fix."""
     host, _, port = item.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"{variable}: {item!r} has no port: write host:port,host:port,... (Sentinel's default is 26379)")
+        raise ValueError(f"{variable}: {item!r} has no port: write host:port,host:port,... (26379 is the usual one)")
     return (host, int(port))
