@@ -211,3 +211,20 @@ class SentinelGroup:
     def stop(self):
         for node in [*self.sentinels, *(n for ns in self.nodes.values() for n in ns)]:
             node.stop()
+
+
+def wait_in_sync(group, service, timeout=30):
+    """Every replica of the service's current primary is linked and caught up, and the sentinels know it."""
+    primary = group.node_at(group.primary_address(service))
+
+    def synced():
+        info = group.client(primary).info("replication")
+        if info["role"] != "master" or info["connected_slaves"] < 1:
+            return False
+        replicas = [info[k] for k in info if k.startswith("slave") and isinstance(info[k], dict)]
+        offset = info["master_repl_offset"]
+        return all(r["state"] == "online" and r["offset"] >= offset - 1000 for r in replicas) and replicas
+
+    wait_until(synced, timeout, f"{service}: the replica in sync with {primary.host}:{primary.port}")
+    group.wait_ready(timeout)
+    return primary

@@ -273,6 +273,7 @@ def wait_healthy(port, timeout=None):
 def up():
     started = time.monotonic()
     port = local_port()
+    remote_redis_stores()  # a bad REDIS_*_SENTINELS is refused before anything changes
     prepare_dirs()
     if not supervisor_running() and port_in_use(port):
         # Otherwise whatever answers there would pass for this stack.
