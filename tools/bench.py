@@ -18,7 +18,10 @@ figure is the median of several rounds. What it runs, and stops again:
 - its own nginx on a free 127.0.0.1 port, with the project's nginx config
   (deploy/nginx/) pointed at that gunicorn;
 - for `--compare redis`, a throwaway redis-server listening on a unix socket
-  and on 127.0.0.1 at once.
+  and on 127.0.0.1 at once;
+- for `--compare redis-remote`, a throwaway redis-server on a unix socket,
+  on 127.0.0.2 over TCP and over TLS (a CA made with openssl for the run),
+  and three redis-sentinel processes (127.0.0.2, 127.0.0.3) watching it.
 
 Nothing is installed; without wrk it says how to get it. Results: a table on
 stdout, a JSON file (the project's var/bench/latest.json unless --json is
@@ -35,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -140,6 +144,7 @@ def comparisons(tcp_port):
         for n in (0, 2000, 20000)
     ]
     redis_rows = ["healthz", "home-django", "session-write", "session-read"]
+    remote = remote_redis_variants(REMOTE or {})
     return {
         "workers": sweep,
         "recycling": recycling,
@@ -202,7 +207,163 @@ def comparisons(tcp_port):
                 note="connection pool capped at 4 per worker",
             ),
         ],
+        "redis-remote": remote,
     }
+
+
+# Redis off the box (--compare redis-remote): the same redis-server reached
+# four ways, through the generated settings' own variables (REDIS_*_URL,
+# REDIS_TLS_CA_FILE, REDIS_*_SENTINELS), not through settings lines.
+REMOTE = None
+REMOTE_HOSTS = ("127.0.0.2", "127.0.0.3")
+REMOTE_ROWS = ["plain", "session-write", "session-read"]
+
+
+def remote_redis_variants(remote):
+    if not remote:
+        return [variant(f"remote-{name}", REMOTE_ROWS) for name in ("socket", "tcp", "tls", "sentinel")]
+    host = REMOTE_HOSTS[0]
+    sentinels = ",".join(f"{h}:{p}" for h, p in remote["sentinels"])
+    urls = {
+        "socket": {
+            "REDIS_CACHE_URL": f"unix://{remote_socket()}?db=0",
+            "REDIS_SESSIONS_URL": f"unix://{remote_socket()}?db=1",
+        },
+        "tcp": {
+            "REDIS_CACHE_URL": f"redis://{host}:{remote['port']}/0",
+            "REDIS_SESSIONS_URL": f"redis://{host}:{remote['port']}/1",
+        },
+        "tls": {
+            "REDIS_CACHE_URL": f"rediss://{host}:{remote['tls_port']}/0",
+            "REDIS_SESSIONS_URL": f"rediss://{host}:{remote['tls_port']}/1",
+            "REDIS_TLS_CA_FILE": str(remote["ca"]),
+        },
+        "sentinel": {
+            "REDIS_CACHE_URL": "redis:///0",
+            "REDIS_SESSIONS_URL": "redis:///1",
+            "REDIS_CACHE_SENTINELS": sentinels,
+            "REDIS_CACHE_SENTINEL_SERVICE": "bench",
+            "REDIS_SESSIONS_SENTINELS": sentinels,
+            "REDIS_SESSIONS_SENTINEL_SERVICE": "bench",
+        },
+    }
+    notes = {
+        "socket": "a throwaway redis-server through its unix socket (today's default)",
+        "tcp": f"the same redis-server over TCP on {host}",
+        "tls": f"the same redis-server over TLS on {host} (rediss://, verified against a CA made for the run)",
+        "sentinel": "the same redis-server found through three sentinels (SentinelClient), TCP",
+    }
+    return [variant(f"remote-{name}", REMOTE_ROWS, env=urls[name], note=notes[name]) for name in urls]
+
+
+def free_port_on(host):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start_remote_redis():
+    """redis-server on REDIS_SOCKET, TCP and TLS on 127.0.0.2, and three sentinels: (processes, info)."""
+    redis_server = shutil.which("redis-server", path=local_stack.SYSTEM_PATH)
+    openssl = shutil.which("openssl")
+    if not redis_server or not openssl:
+        raise RuntimeError("redis-server and openssl are needed (sudo apt-get install redis-server openssl)")
+    directory = WORK / "remote-redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    host = REMOTE_HOSTS[0]
+    ca, key, cert = directory / "ca.pem", directory / "server.key", directory / "server.pem"
+    quiet = {"check": True, "capture_output": True, "cwd": directory}
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bench-ca",
+                    "-keyout", "ca.key", "-out", ca], **quiet)  # fmt: skip
+    subprocess.run([openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=redis", "-keyout", key,
+                    "-out", "server.csr"], **quiet)  # fmt: skip
+    (directory / "san.cnf").write_text(f"subjectAltName=IP:{host}\n")
+    subprocess.run([openssl, "x509", "-req", "-in", "server.csr", "-CA", ca, "-CAkey", "ca.key", "-CAcreateserial",
+                    "-days", "1", "-extfile", "san.cnf", "-out", cert], **quiet)  # fmt: skip
+    port, tls_port = free_port_on(host), free_port_on(host)
+    remote_socket().unlink(missing_ok=True)
+    processes = []
+    try:
+        command = [
+            *(redis_server, "--port", port, "--bind", host, "--dir", directory, "--save", "", "--appendonly", "no"),
+            *("--unixsocket", remote_socket(), "--unixsocketperm", "700", "--tls-port", tls_port),
+            *("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"),
+        ]
+        processes.append(start([str(c) for c in command], "bench-remote-redis.log"))
+        wait_until(lambda: redis_connections() is not None, processes[0], "bench redis-server (remote)")
+        sentinels = []
+        for index, sentinel_host in enumerate((REMOTE_HOSTS[0], REMOTE_HOSTS[1], REMOTE_HOSTS[0])):
+            sentinel_port = free_port_on(sentinel_host)
+            conf = directory / f"sentinel-{index}.conf"
+            conf.write_text(f"sentinel announce-ip {sentinel_host}\nsentinel monitor bench {host} {port} 2\n")
+            command = [redis_server, conf, "--sentinel", "--port", sentinel_port, "--bind", sentinel_host,
+                       "--dir", directory]  # fmt: skip
+            processes.append(start([str(c) for c in command], f"bench-sentinel-{index}.log"))
+            sentinels.append((sentinel_host, sentinel_port))
+            wait_until(lambda a=sentinels[-1]: tcp_open(*a), processes[-1], "bench sentinel")
+    except BaseException:
+        for process in processes:
+            stop(process)
+        raise
+    return processes, {"port": port, "tls_port": tls_port, "ca": ca, "sentinels": sentinels, "host": host}
+
+
+def tcp_open(host, port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def remote_socket():
+    return RUN / "bench-remote-redis.sock"
+
+
+def redis_connections():
+    """(connected_clients, total_connections_received) of the remote variants' redis-server, or None.
+
+    Asked over its unix socket; this connection itself is left out.
+    """
+    import redis
+
+    try:
+        with redis.Redis(unix_socket_path=str(remote_socket()), socket_timeout=2) as client:
+            return client.info("clients")["connected_clients"] - 1, client.info("stats")["total_connections_received"]
+    except (redis.RedisError, OSError):
+        return None
+
+
+def sample_connections(peak, stopping):
+    """Keep peak[0] at the most client connections seen, five times a second, until stopping is set."""
+    while not stopping.wait(0.2):
+        counts = redis_connections()
+        if counts:
+            peak[0] = max(peak[0], counts[0])
+
+
+def run_remote_variants(wrk, entries, seconds, rounds, log=print):
+    """run_variants for each redis-remote variant, counting connections on the Redis side around each."""
+    results = {}
+    for entry in entries:
+        peak, stopping = [0], threading.Event()
+        sampler = threading.Thread(target=sample_connections, args=(peak, stopping))
+        before = redis_connections()[1]
+        sampler.start()
+        try:
+            result = run_variants(wrk, [entry], seconds, rounds, log)
+        finally:
+            stopping.set()
+            sampler.join()
+        opened = redis_connections()[1] - before - 1
+        requests_served = sum(
+            sample["rps"] * seconds for row in result[entry["name"]]["rows"].values() for sample in row["rounds"]
+        )
+        result[entry["name"]]["redis_connections"] = {
+            "peak_connected": peak[0],
+            "opened": opened,
+            "requests": int(requests_served),
+        }
+        results.update(result)
+    return results
 
 
 # (1) The project, and the processes the bench starts and stops --------------------
@@ -502,6 +663,12 @@ def table(name, result):
             f"  {row:<15} {data['rps']:>9.0f} {data['p99_ms']:>8.2f} {data['ratio_to_static']:>9.3f} "
             f"{data['errors']:>7}  {data['path']}"
         )
+    if "redis_connections" in result:
+        counts = result["redis_connections"]
+        lines.append(
+            f"  Redis side: at most {counts['peak_connected']} client connections at once, "
+            f"{counts['opened']} opened for {counts['requests']} requests"
+        )
     return "\n".join(lines)
 
 
@@ -516,6 +683,10 @@ def markdown(report):
         lines += ["| row | req/s | p99 ms | x static |", "| --- | ---: | ---: | ---: |"]
         for row, data in result["rows"].items():
             lines.append(f"| {row} | {data['rps']:.0f} | {data['p99_ms']:.1f} | {data['ratio_to_static']:.3f} |")
+        if "redis_connections" in result:
+            counts = result["redis_connections"]
+            lines += ["", f"Redis side: at most {counts['peak_connected']} client connections at once, "
+                      f"{counts['opened']} opened for {counts['requests']} requests."]  # fmt: skip
     if report["summary"]:
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
@@ -557,6 +728,11 @@ def summary(results):
         ),
         "socket / tcp (session-write)": ratio(results, "redis-socket", "session-write", "redis-tcp", "session-write"),
         "socket / tcp (home-django)": ratio(results, "redis-socket", "home-django", "redis-tcp", "home-django"),
+        **{
+            f"{name} / socket ({row})": ratio(results, f"remote-{name}", row, "remote-socket", row)
+            for name in ("tcp", "tls", "sentinel")
+            for row in ("session-write", "session-read")
+        },
     }
     return {name: round(value, 3) for name, value in ratios.items() if value is not None}
 
@@ -568,7 +744,8 @@ def main(argv=None):
     parser.add_argument(
         "--compare",
         default="",
-        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
+        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options, "
+        "redis-remote (or all)",
     )
     parser.add_argument("--project", type=Path, help="a baked project with its .venv (default: bake one)")
     parser.add_argument(
@@ -590,7 +767,7 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(comparisons(0)))
     if unknown:
         sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
-    redis = None
+    redis, remote_processes = None, []
     try:
         project = (args.project or bake(args.bake_into)).resolve()
         python = project / ".venv" / "bin" / "python"
@@ -607,10 +784,16 @@ def main(argv=None):
             redis, tcp_port = start_redis()
         else:
             tcp_port = 0
+        if "redis-remote" in groups:
+            global REMOTE
+            remote_processes, REMOTE = start_remote_redis()
         available = comparisons(tcp_port)
         for group in groups:
-            entries += available[group]
+            if group != "redis-remote":
+                entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
+        if "redis-remote" in groups:
+            results.update(run_remote_variants(wrk, available["redis-remote"], args.seconds, args.rounds))
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
     except Exception as exc:
@@ -619,6 +802,10 @@ def main(argv=None):
         raise
     finally:
         stop(redis)
+        for process in remote_processes:
+            stop(process)
+        if RUN:
+            remote_socket().unlink(missing_ok=True)
         if REDIS_SOCKET:
             REDIS_SOCKET.unlink(missing_ok=True)
 
