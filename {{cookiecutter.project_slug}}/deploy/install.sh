@@ -19,6 +19,10 @@
 #   ACME_SERVER=...    another ACME directory (default: Let's Encrypt production;
 #                  staging: https://acme-staging-v02.api.letsencrypt.org/directory)
 #   ACME_CA_BUNDLE=... CA file certbot trusts for ACME_SERVER (a test server's own CA)
+#   ROLE=single    everything on this server (the default); ROLE=app: nginx and
+#                  Django, Redis and PostgreSQL elsewhere (REDIS_CACHE_URL, ...);
+#                  ROLE=data: only Redis and PostgreSQL, TLS on DATA_ADDRESS.
+#                  See deploy/roles.sh and docs/data-off-the-box.md.
 # Without systemd (containers, CI) it starts the daemons with service(8) or directly.
 # `deploy/install.sh --render-nginx DIR` only writes the nginx files into DIR
 # (no root needed; the template's tests run `nginx -t` on them).
