@@ -71,7 +71,10 @@ def redis_cli(address, port, *args, user=SLUG, password=None, cacert=None, tls=T
         command += ["--tls", "--cacert", str(cacert or DATA_ROOT / "tls" / "ca.pem")]
     if user:
         command += ["--user", user]
-    env = {**os.environ, "REDISCLI_AUTH": password or secrets["REDIS_APP_PASSWORD"]}
+    env = {key: value for key, value in os.environ.items() if key != "REDISCLI_AUTH"}
+    password = secrets["REDIS_APP_PASSWORD"] if password is None else password
+    if password:  # "": no AUTH at all
+        env["REDISCLI_AUTH"] = password
     result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30, env=env)
     return (result.stdout + result.stderr).strip()
 
@@ -178,9 +181,8 @@ def test_data_redis_speaks_tls_with_acl_users_only(hosts):
         assert redis_cli(ADDRESS, port, "ping") == "PONG"
         assert redis_cli(ADDRESS, port, "acl", "whoami") == SLUG
         # No default user, no wrong password, no plain TCP, no other CA.
-        assert "NOAUTH" in redis_cli(ADDRESS, port, "ping", user=None, password="") or "WRONGPASS" in redis_cli(
-            ADDRESS, port, "ping", user=None, password="x"
-        )
+        assert "NOAUTH" in redis_cli(ADDRESS, port, "ping", user=None, password="")
+        assert "WRONGPASS" in redis_cli(ADDRESS, port, "ping", user="default", password="x")
         assert "WRONGPASS" in redis_cli(ADDRESS, port, "ping", password="wrong-password")
         assert "PONG" not in redis_cli(ADDRESS, port, "ping", tls=False)
         other_ca = redis_cli(ADDRESS, port, "ping", cacert="/etc/ssl/certs/ca-certificates.crt")
@@ -209,10 +211,10 @@ def test_data_sentinels_agree_on_the_sessions_primary(hosts):
         assert info["quorum"] == "2" and info["num-other-sentinels"] == "2", info
         # A replica is known after the first INFO round (up to ~10 s).
         for _ in range(60):
-            if f"{REPLICA}\n{REPLICA_PORT}" in sentinel(address, port, "replicas", SERVICE):
+            if f"{REPLICA}:{REPLICA_PORT}" in sentinel(address, port, "replicas", SERVICE):
                 break
             time.sleep(0.5)
-        assert f"{REPLICA}\n{REPLICA_PORT}" in sentinel(address, port, "replicas", SERVICE)
+        assert f"{REPLICA}:{REPLICA_PORT}" in sentinel(address, port, "replicas", SERVICE)
     assert "NOAUTH" in redis_cli(ADDRESS, SENTINELS[0][1], "ping", user=None, password="")
 
 
@@ -220,8 +222,12 @@ def test_data_postgres_over_tls_with_scram(hosts):
     data, _ = hosts
     verified = psql()
     assert verified.returncode == 0 and verified.stdout.strip() == "t", verified.stderr
-    method = psql(query="select auth_method from pg_hba_file_rules where type = 'hostssl'")
-    assert method.stdout.split() == ["scram-sha-256"], method
+    rules = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-p", str(POSTGRES_PORT), "-Atc",
+         "select type, auth_method from pg_hba_file_rules order by line_number"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert rules.stdout.split() == ["local|peer", "hostssl|scram-sha-256"], rules
     plain = psql(sslmode="disable")
     assert plain.returncode != 0 and "no pg_hba.conf entry" in plain.stderr and "no encryption" in plain.stderr
     wrong_ca = psql(rootcert="/etc/ssl/certs/ca-certificates.crt")
@@ -283,18 +289,20 @@ def test_second_runs_change_nothing_and_keep_the_login(hosts):
     app.login()
     pids = data_pids()
     assert len(pids) == 7, pids
-    files = sorted(path for path in DATA_ROOT.rglob("*") if path.is_file() and "/redis/" not in str(path))
+    # Redis and Sentinel write their own files and logs; install.sh's files must not change.
+    files = sorted(
+        path for path in DATA_ROOT.rglob("*") if path.is_file() and path.parent.name not in ("redis", "logs")
+        and "/redis/" not in str(path)
+    )  # fmt: skip
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in files}
+    assert DATA_ROOT / "secrets.env" in before and DATA_ROOT / "generated" / "sessions.conf" in before
     app_env_before = (app.app_root / ".env").read_bytes()
     data.install("second run")
     output = data.outputs["second run"]
     assert "kept: every secret exists" in output and "no config changed: nothing restarted" in output
     assert "running, settings unchanged" in output
     assert data_pids() == pids
-    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in files if path.name != "app.env"} == {
-        path: value for path, value in before.items() if path.name != "app.env"
-    }
-    assert (DATA_ROOT / "app.env").read_bytes() == before[DATA_ROOT / "app.env"][0]
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in files} == before
     result = app.run_install_sh("second run", clean_env(ROLE="app", DOMAIN=DOMAIN, **app.app_env))
     print(f"install.sh ROLE=app (second run): {app.timings['second run']:.1f} s")
     assert result.returncode == 0, app.outputs["second run"]

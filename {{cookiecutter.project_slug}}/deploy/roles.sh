@@ -185,8 +185,7 @@ data_layout() {
 data_secrets() {
     step "Secrets $DATA_ROOT/secrets.env (written once, 0600)" "check that $DATA_ROOT is writable by root."
     local file="$DATA_ROOT/secrets.env" name added=()
-    touch "$file"
-    chmod 0600 "$file"
+    [ -e "$file" ] || install -m 0600 /dev/null "$file"
     for name in REDIS_APP_PASSWORD REDIS_REPLICATION_PASSWORD REDIS_SENTINEL_USER_PASSWORD REDIS_SENTINEL_PASSWORD POSTGRES_PASSWORD; do
         grep -q "^$name=" "$file" && continue
         printf '%s=%s\n' "$name" "$(openssl rand -hex 24)" >>"$file"
@@ -506,7 +505,7 @@ REDIS_TLS_CA_FILE=$ca
 DATABASE_URL=postgres://$SLUG:$POSTGRES_PASSWORD@$DATA_ADDRESS:$POSTGRES_PORT/$SLUG?sslmode=verify-full&sslrootcert=$ca
 ENV
     chmod 0600 "$file.new"
-    mv "$file.new" "$file"
+    if cmp -s "$file.new" "$file"; then rm "$file.new"; else mv "$file.new" "$file"; fi
     printf '\ninstall.sh: ROLE=data done in %s s. An app host needs these lines in its .env\n' "$((SECONDS - STARTED))"
     echo "(also in $file, mode 0600; copy $ca to the app host, at the same path or change the two paths):"
     echo
