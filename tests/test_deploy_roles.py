@@ -390,3 +390,13 @@ def test_uninstall_refuses_an_unknown_role(cookies_session):
     result = run([project / "deploy" / "uninstall.sh"], project, env=clean_env(ROLE="bogus"), check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("uninstall.sh: ERROR: ROLE='bogus' is not a role"), result.stderr
+
+
+def test_data_processes_run_only_where_their_address_is(cookies_session):
+    """Spanning hosts: each host runs the processes whose address it owns (the
+    rest is another host's part). All of 127/8 is this machine; 192.0.2.0/24
+    (TEST-NET-1) is nobody's."""
+    project = bake(cookies_session, project_slug="sst_roles_bad", domain_name=DOMAIN)
+    script = ". deploy/common.sh && . deploy/roles.sh && for a in $*; do is_local_address $a && echo $a; done"
+    result = run(["bash", "-c", script, "-", "127.0.0.5", "192.0.2.7", "127.0.0.6"], project)
+    assert result.stdout.split() == ["127.0.0.5", "127.0.0.6"]
