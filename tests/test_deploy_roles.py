@@ -325,7 +325,12 @@ def test_uninstall_each_role_leaves_nothing(hosts):
     assert not DATA_ROOT.exists()
     assert not Path(f"/etc/supervisor/conf.d/{SLUG}-data.conf").exists()
     assert f" {SLUG} " not in postgres_clusters()
-    assert not Path(f"/etc/postgresql/15/{SLUG}").exists() and not Path(f"/var/lib/postgresql/15/{SLUG}").exists()
+    for path in (
+        f"/etc/postgresql/15/{SLUG}",
+        f"/var/lib/postgresql/15/{SLUG}",
+        f"/var/log/postgresql/postgresql-15-{SLUG}.log",
+    ):
+        assert not Path(path).exists(), path
     assert project_processes(DATA_ROOT) == [] and project_processes(app.app_root) == []
     status = subprocess.run(["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "status"],
                             capture_output=True, text=True).stdout  # fmt: skip

@@ -450,7 +450,7 @@ data_postgres() {
     version="$(postgres_version)"
     dir="/etc/postgresql/$version/$SLUG"
     # A cluster of its own: Debian's default one (main, 5432) stays as it is.
-    if [ ! -d "$dir" ]; then
+    if [ ! -f "$dir/postgresql.conf" ]; then
         pg_createcluster -p "$POSTGRES_PORT" "$version" "$SLUG" -- --auth-local=peer --auth-host=scram-sha-256 >/dev/null
         say "cluster $version/$SLUG created (pg_createcluster), port $POSTGRES_PORT"
     fi
@@ -551,7 +551,9 @@ uninstall_data() {
             pg_ctlcluster "$version" "$SLUG" stop 2>/dev/null || true
             say "--keep-data: cluster $version/$SLUG stopped and kept"
         else
-            pg_dropcluster --stop "$version" "$SLUG"
+            if [ -f "/etc/postgresql/$version/$SLUG/postgresql.conf" ]; then pg_dropcluster --stop "$version" "$SLUG"; fi
+            # pg_dropcluster leaves what it did not write (conf.d/socketstack.conf).
+            rm -rf "/etc/postgresql/$version/$SLUG"
             say "cluster $version/$SLUG dropped"
         fi
     else
