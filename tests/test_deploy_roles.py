@@ -320,6 +320,14 @@ def test_uninstall_each_role_leaves_nothing(hosts):
     assert not app.app_root.exists()
     # The data tier still serves: the app's uninstall left it alone.
     assert redis_cli(ADDRESS, SESSIONS_PORT, "ping") == "PONG"
+    # --keep-data: everything stops, the cluster and the data root stay.
+    secrets = (DATA_ROOT / "secrets.env").read_bytes()
+    run([project / "deploy" / "uninstall.sh", "--keep-data"], project, env=clean_env(ROLE="data"), timeout=300)
+    assert (DATA_ROOT / "secrets.env").read_bytes() == secrets and (DATA_ROOT / "tls" / "ca.key").exists()
+    assert list((DATA_ROOT / "redis" / f"sessions-{SESSIONS_PORT}").rglob("*.aof"))
+    assert re.search(rf"^15\s+{SLUG}\s+{POSTGRES_PORT}\s+down", postgres_clusters(), re.M)
+    assert not Path(f"/etc/supervisor/conf.d/{SLUG}-data.conf").exists()
+    assert "PONG" not in redis_cli(ADDRESS, SESSIONS_PORT, "ping")
     result = run([project / "deploy" / "uninstall.sh"], project, env=clean_env(ROLE="data"), timeout=300)
     assert "dropped" in result.stdout
     assert not DATA_ROOT.exists()
