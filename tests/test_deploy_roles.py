@@ -233,8 +233,8 @@ def test_data_postgres_over_tls_with_scram(hosts):
     wrong_ca = psql(rootcert="/etc/ssl/certs/ca-certificates.crt")
     assert wrong_ca.returncode != 0 and "certificate verify failed" in wrong_ca.stderr, wrong_ca.stderr
     # A cluster of its own: Debian's default one is as it was.
-    main_before = [line for line in data.clusters_before.splitlines() if " main " in line]
-    assert [line for line in postgres_clusters().splitlines() if " main " in line] == main_before
+    main_before = [line.split() for line in data.clusters_before.splitlines() if " main " in line]
+    assert [line.split() for line in postgres_clusters().splitlines() if " main " in line] == main_before
     assert re.search(rf"^15\s+{SLUG}\s+{POSTGRES_PORT}\s+online", postgres_clusters(), re.M)
 
 
