@@ -353,6 +353,54 @@ def sample_connections(client, peak, stopping):
             peak[0] = max(peak[0], counts[0])
 
 
+def remote_round_trips(remote, rounds=5, pairs=2000):
+    """Microseconds per session-like SET + GET from one client, through each path; medians of paired rounds.
+
+    Django's rows above are noisy on a busy machine; this isolates the Redis
+    hop. "tls, new connection" opens a fresh TLS connection for each pair:
+    what every request would pay without the pool.
+    """
+    import redis
+    from redis.sentinel import Sentinel
+
+    host = REMOTE_HOSTS[0]
+    tls = {"ssl": True, "ssl_ca_certs": str(remote["ca"])}
+    clients = {
+        "socket": lambda: redis.Redis(unix_socket_path=str(remote_socket())),
+        "tcp": lambda: redis.Redis(host=host, port=remote["port"]),
+        "tls": lambda: redis.Redis(host=host, port=remote["tls_port"], **tls),
+        "sentinel": lambda: Sentinel(remote["sentinels"], socket_timeout=1).master_for("bench", socket_timeout=1),
+    }
+    value = os.urandom(300)  # about a session with a logged-in user
+    samples = {name: [] for name in [*clients, "tls, new connection"]}
+    for number in range(rounds):
+        # Alternate the order, so that no path always runs first (or last) in a round.
+        for name, make in list(clients.items())[:: 1 if number % 2 == 0 else -1]:
+            client = make()
+            client.ping()
+            started = time.perf_counter()
+            for i in range(pairs):
+                client.set(f"bench:rt:{i}", value, ex=60)
+                client.get(f"bench:rt:{i}")
+            samples[name].append((time.perf_counter() - started) / pairs * 1e6)
+            client.close()
+        started = time.perf_counter()
+        for i in range(pairs // 20):
+            client = clients["tls"]()
+            client.set(f"bench:rt:{i}", value, ex=60)
+            client.get(f"bench:rt:{i}")
+            client.close()
+        samples["tls, new connection"].append((time.perf_counter() - started) / (pairs // 20) * 1e6)
+    socket_us = samples["socket"]
+    return {
+        name: {
+            "us_per_pair": round(statistics.median(values), 1),
+            "ratio_to_socket": round(statistics.median(v / s for v, s in zip(values, socket_us, strict=True)), 2),
+        }
+        for name, values in samples.items()
+    }
+
+
 def run_remote_variants(wrk, entries, seconds, rounds, log=print):
     """run_variants for each redis-remote variant, counting connections on the Redis side during each.
 
@@ -709,6 +757,11 @@ def markdown(report):
             counts = result["redis_connections"]
             lines += ["", f"Redis side: at most {counts['peak_connected']} app connections at once, "
                       f"{counts['opened']} opened for {counts['requests']} Django requests."]  # fmt: skip
+    if report.get("redis_round_trips"):
+        lines += ["", "**Redis round trips** (one client, SET + GET of 300 bytes, medians of paired rounds):", ""]
+        lines += ["| path | µs per SET + GET | x unix socket |", "| --- | ---: | ---: |"]
+        for name, data in report["redis_round_trips"].items():
+            lines.append(f"| {name} | {data['us_per_pair']:.0f} | {data['ratio_to_socket']:.2f} |")
     if report["summary"]:
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
@@ -789,7 +842,7 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(comparisons(0)))
     if unknown:
         sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
-    redis, remote_processes = None, []
+    redis, remote_processes, round_trips = None, [], None
     try:
         project = (args.project or bake(args.bake_into)).resolve()
         python = project / ".venv" / "bin" / "python"
@@ -815,6 +868,7 @@ def main(argv=None):
                 entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
         if "redis-remote" in groups:
+            round_trips = remote_round_trips(REMOTE)
             results.update(run_remote_variants(wrk, available["redis-remote"], args.seconds, args.rounds))
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
@@ -840,6 +894,7 @@ def main(argv=None):
         "rows": {name: description for name, (_, _, description) in ROWS.items()},
         "variants": results,
         "summary": summary(results),
+        **({"redis_round_trips": round_trips} if round_trips else {}),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -852,6 +907,8 @@ def main(argv=None):
     print()
     for name, value in report["summary"].items():
         print(f"  {name:<40} {value:.3f}")
+    for name, data in (report.get("redis_round_trips") or {}).items():
+        print(f"  Redis SET+GET {name:<26} {data['us_per_pair']:>7.0f} us  x{data['ratio_to_socket']:.2f} of socket")
     print(f"\nJSON: {args.json}; Markdown tables: {args.json.with_suffix('.md')}")
 
 
