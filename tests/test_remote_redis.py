@@ -6,6 +6,7 @@ Run with -s to see the failover figures (docs/data-off-the-box.md quotes them).
 """
 
 import itertools
+import re
 import threading
 import time
 from collections import Counter
@@ -313,15 +314,17 @@ def test_sigkill_of_the_sessions_primary(sentinel_stack):
     readers = login_all(stack, [f"user{i}" for i in range(20)])
     writer = SessionWriter(stack)
     load = Load(stack, readers, threads=4, pause=0.05)
-    rr.wait_until(lambda: len(writer.writes) >= 100, 30, "100 sessions written")
-    time.sleep(1)
-    killed_at = time.monotonic()
-    primary.kill()
-    rr.wait_until(lambda: group.primary_address("sessions") != (primary.host, primary.port), 30, "a new primary")
-    promoted = time.monotonic() - killed_at
-    time.sleep(4)
-    records = load.stop()
-    writes, errors = writer.stop()
+    try:
+        rr.wait_until(lambda: len(writer.writes) >= 100, 30, "100 sessions written")
+        time.sleep(1)
+        killed_at = time.monotonic()
+        primary.kill()
+        rr.wait_until(lambda: group.primary_address("sessions") != (primary.host, primary.port), 30, "a new primary")
+        promoted = time.monotonic() - killed_at
+        time.sleep(4)
+    finally:
+        records = load.stop()
+        writes, errors = writer.stop()
     after = [(s, e, status) for s, e, status in records if s >= killed_at]
     counts, window = summary(after)
     served = sorted(e for s, e, status in after if status == 200)
@@ -381,7 +384,10 @@ while True:
 
     def read(self):
         for line in self.process.stdout:
-            at, key, *error = line.split()
+            fields = line.split()
+            if len(fields) < 2 or not re.fullmatch(r"[0-9.]+", fields[0]):
+                continue  # what manage.py shell says first
+            at, key, *error = fields
             if key == "ERROR":
                 self.errors.append(error[0])
             else:
