@@ -318,51 +318,121 @@ def remote_socket():
     return RUN / "bench-remote-redis.sock"
 
 
-def redis_connections():
-    """(connected_clients, total_connections_received) of the remote variants' redis-server, or None.
+def redis_client():
+    """One connection to the remote variants' redis-server, over its unix socket, for the counts."""
+    import redis
 
-    Asked over its unix socket; this connection itself is left out.
+    return redis.Redis(unix_socket_path=str(remote_socket()), socket_timeout=2)
+
+
+def redis_connections(client=None):
+    """(app connections, total_connections_received) of the remote variants' redis-server, or None.
+
+    App connections: CLIENT LIST without the sentinels' own (named sentinel-...)
+    and without the one asking.
     """
     import redis
 
     try:
-        with redis.Redis(unix_socket_path=str(remote_socket()), socket_timeout=2) as client:
-            return client.info("clients")["connected_clients"] - 1, client.info("stats")["total_connections_received"]
+        probe = client or redis_client()
+        own = probe.client_id()
+        clients = [c for c in probe.client_list() if int(c["id"]) != own and not c["name"].startswith("sentinel-")]
+        opened = probe.info("stats")["total_connections_received"]
+        if client is None:
+            probe.close()
+        return len(clients), opened
     except (redis.RedisError, OSError):
         return None
 
 
-def sample_connections(peak, stopping):
+def sample_connections(client, peak, stopping):
     """Keep peak[0] at the most client connections seen, five times a second, until stopping is set."""
     while not stopping.wait(0.2):
-        counts = redis_connections()
+        counts = redis_connections(client)
         if counts:
             peak[0] = max(peak[0], counts[0])
 
 
-def run_remote_variants(wrk, entries, seconds, rounds, log=print):
-    """run_variants for each redis-remote variant, counting connections on the Redis side around each."""
-    results = {}
-    for entry in entries:
-        peak, stopping = [0], threading.Event()
-        sampler = threading.Thread(target=sample_connections, args=(peak, stopping))
-        before = redis_connections()[1]
-        sampler.start()
-        try:
-            result = run_variants(wrk, [entry], seconds, rounds, log)
-        finally:
-            stopping.set()
-            sampler.join()
-        opened = redis_connections()[1] - before - 1
-        requests_served = sum(
-            sample["rps"] * seconds for row in result[entry["name"]]["rows"].values() for sample in row["rounds"]
-        )
-        result[entry["name"]]["redis_connections"] = {
-            "peak_connected": peak[0],
-            "opened": opened,
-            "requests": int(requests_served),
+def remote_round_trips(remote, rounds=5, pairs=2000):
+    """Microseconds per session-like SET + GET from one client, through each path; medians of paired rounds.
+
+    Django's rows above are noisy on a busy machine; this isolates the Redis
+    hop. "tls, new connection" opens a fresh TLS connection for each pair:
+    what every request would pay without the pool.
+    """
+    import redis
+    from redis.sentinel import Sentinel
+
+    host = REMOTE_HOSTS[0]
+    tls = {"ssl": True, "ssl_ca_certs": str(remote["ca"])}
+    clients = {
+        "socket": lambda: redis.Redis(unix_socket_path=str(remote_socket())),
+        "tcp": lambda: redis.Redis(host=host, port=remote["port"]),
+        "tls": lambda: redis.Redis(host=host, port=remote["tls_port"], **tls),
+        "sentinel": lambda: Sentinel(remote["sentinels"], socket_timeout=1).master_for("bench", socket_timeout=1),
+    }
+    value = os.urandom(300)  # about a session with a logged-in user
+    samples = {name: [] for name in [*clients, "tls, new connection"]}
+    for number in range(rounds):
+        # Alternate the order, so that no path always runs first (or last) in a round.
+        for name, make in list(clients.items())[:: 1 if number % 2 == 0 else -1]:
+            client = make()
+            client.ping()
+            started = time.perf_counter()
+            for i in range(pairs):
+                client.set(f"bench:rt:{i}", value, ex=60)
+                client.get(f"bench:rt:{i}")
+            samples[name].append((time.perf_counter() - started) / pairs * 1e6)
+            client.close()
+        started = time.perf_counter()
+        for i in range(pairs // 20):
+            client = clients["tls"]()
+            client.set(f"bench:rt:{i}", value, ex=60)
+            client.get(f"bench:rt:{i}")
+            client.close()
+        samples["tls, new connection"].append((time.perf_counter() - started) / (pairs // 20) * 1e6)
+    socket_us = samples["socket"]
+    return {
+        name: {
+            "us_per_pair": round(statistics.median(values), 1),
+            "ratio_to_socket": round(statistics.median(v / s for v, s in zip(values, socket_us, strict=True)), 2),
         }
-        results.update(result)
+        for name, values in samples.items()
+    }
+
+
+def run_remote_variants(wrk, entries, seconds, rounds, log=print):
+    """run_variants for each redis-remote variant, counting connections on the Redis side during each.
+
+    A pooled connection is opened once per gunicorn worker and alias; a
+    request that opened its own (and paid a TLS handshake) would show as
+    about one opened connection per request.
+    """
+    results = {}
+    client = redis_client()
+    try:
+        for entry in entries:
+            peak, stopping = [0], threading.Event()
+            sampler = threading.Thread(target=sample_connections, args=(client, peak, stopping))
+            before = redis_connections(client)[1]
+            sampler.start()
+            try:
+                result = run_variants(wrk, [entry], seconds, rounds, log)
+            finally:
+                stopping.set()
+                sampler.join()
+            rows = result[entry["name"]]["rows"]
+            django_requests = sum(
+                sample["rps"] * seconds for name, row in rows.items() if name != "static" for sample in row["rounds"]
+            )
+            result[entry["name"]]["redis_connections"] = {
+                "peak_connected": peak[0],
+                "opened": redis_connections(client)[1] - before,
+                "requests": int(django_requests),
+            }
+            results.update(result)
+    finally:
+        client.close()
     return results
 
 
@@ -666,8 +736,8 @@ def table(name, result):
     if "redis_connections" in result:
         counts = result["redis_connections"]
         lines.append(
-            f"  Redis side: at most {counts['peak_connected']} client connections at once, "
-            f"{counts['opened']} opened for {counts['requests']} requests"
+            f"  Redis side: at most {counts['peak_connected']} app connections at once, "
+            f"{counts['opened']} opened for {counts['requests']} Django requests"
         )
     return "\n".join(lines)
 
@@ -685,8 +755,13 @@ def markdown(report):
             lines.append(f"| {row} | {data['rps']:.0f} | {data['p99_ms']:.1f} | {data['ratio_to_static']:.3f} |")
         if "redis_connections" in result:
             counts = result["redis_connections"]
-            lines += ["", f"Redis side: at most {counts['peak_connected']} client connections at once, "
-                      f"{counts['opened']} opened for {counts['requests']} requests."]  # fmt: skip
+            lines += ["", f"Redis side: at most {counts['peak_connected']} app connections at once, "
+                      f"{counts['opened']} opened for {counts['requests']} Django requests."]  # fmt: skip
+    if report.get("redis_round_trips"):
+        lines += ["", "**Redis round trips** (one client, SET + GET of 300 bytes, medians of paired rounds):", ""]
+        lines += ["| path | µs per SET + GET | x unix socket |", "| --- | ---: | ---: |"]
+        for name, data in report["redis_round_trips"].items():
+            lines.append(f"| {name} | {data['us_per_pair']:.0f} | {data['ratio_to_socket']:.2f} |")
     if report["summary"]:
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
@@ -767,7 +842,7 @@ def main(argv=None):
     unknown = sorted(set(groups) - set(comparisons(0)))
     if unknown:
         sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
-    redis, remote_processes = None, []
+    redis, remote_processes, round_trips = None, [], None
     try:
         project = (args.project or bake(args.bake_into)).resolve()
         python = project / ".venv" / "bin" / "python"
@@ -793,6 +868,7 @@ def main(argv=None):
                 entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
         if "redis-remote" in groups:
+            round_trips = remote_round_trips(REMOTE)
             results.update(run_remote_variants(wrk, available["redis-remote"], args.seconds, args.rounds))
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
@@ -818,6 +894,7 @@ def main(argv=None):
         "rows": {name: description for name, (_, _, description) in ROWS.items()},
         "variants": results,
         "summary": summary(results),
+        **({"redis_round_trips": round_trips} if round_trips else {}),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -830,6 +907,8 @@ def main(argv=None):
     print()
     for name, value in report["summary"].items():
         print(f"  {name:<40} {value:.3f}")
+    for name, data in (report.get("redis_round_trips") or {}).items():
+        print(f"  Redis SET+GET {name:<26} {data['us_per_pair']:>7.0f} us  x{data['ratio_to_socket']:.2f} of socket")
     print(f"\nJSON: {args.json}; Markdown tables: {args.json.with_suffix('.md')}")
 
 
