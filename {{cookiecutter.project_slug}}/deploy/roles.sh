@@ -264,7 +264,16 @@ redis_data_conf() {
     # redis_data_conf BASE ADDRESS PORT [PRIMARY]: deploy/redis/BASE.conf (eviction,
     # persistence) plus TLS on ADDRESS:PORT, ACL users and, for a replica, its primary.
     local base=$1 address=$2 port=$3 primary=${4:-} tls="$DATA_ROOT/tls"
-    cat "$SRC/deploy/redis/$base.conf"
+    if [ -f "$SRC/deploy/redis/$base.conf" ]; then
+        cat "$SRC/deploy/redis/$base.conf"
+    elif [ "$base" = cache ]; then
+        # A redis=system bake has no deploy/redis/: the same policies as a dedicated one's.
+        printf '%s\n' "# The cache: evicts, keeps nothing on disk." "daemonize no" "supervised no" 'logfile ""' \
+            "maxmemory 128mb" "maxmemory-policy allkeys-lru" 'save ""' "appendonly no"
+    else
+        printf '%s\n' "# The sessions: never evicts, append-only file." "daemonize no" "supervised no" 'logfile ""' \
+            "maxmemory 256mb" "maxmemory-policy noeviction" "appendonly yes" "appendfsync everysec" 'save ""'
+    fi
     cat <<CONF
 
 # ROLE=data (deploy/install.sh): TLS only, on the private address.
