@@ -385,7 +385,7 @@ while True:
     def read(self):
         for line in self.process.stdout:
             fields = line.split()
-            if len(fields) < 2 or not re.fullmatch(r"[0-9.]+", fields[0]):
+            if len(fields) < 2 or not re.fullmatch(r"\d+\.\d+", fields[0]):
                 continue  # what manage.py shell says first
             at, key, *error = fields
             if key == "ERROR":
