@@ -19,10 +19,13 @@ figure is the median of several rounds. What it runs, and stops again:
 - its own nginx on a free 127.0.0.1 port, with the project's nginx config
   (deploy/nginx/) pointed at that gunicorn;
 - for `--compare redis`, a throwaway redis-server listening on a unix socket
-  and on 127.0.0.1 at once.
+  and on 127.0.0.1 at once;
 - for `--postgres` (which bakes with database=postgresql into var/bench-postgres/),
   a throwaway PostgreSQL cluster on a unix socket and on 127.0.0.1 at once, and
-  one gunicorn per PostgreSQL variant on its own 127.0.0.1 port, all at once.
+  one gunicorn per PostgreSQL variant on its own 127.0.0.1 port, all at once;
+- for `--compare redis-remote`, a throwaway redis-server on a unix socket,
+  on 127.0.0.2 over TCP and over TLS (a CA made with openssl for the run),
+  and three redis-sentinel processes (127.0.0.2, 127.0.0.3) watching it.
 
 Nothing is installed; without wrk it says how to get it. Results: a table on
 stdout, a JSON file (the project's var/bench/latest.json unless --json is
@@ -39,6 +42,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -154,6 +158,7 @@ def comparisons(tcp_port):
         for n in (0, 2000, 20000)
     ]
     redis_rows = ["healthz", "home-django", "session-write", "session-read"]
+    remote = remote_redis_variants(REMOTE or {})
     return {
         "workers": sweep,
         "recycling": recycling,
@@ -216,7 +221,233 @@ def comparisons(tcp_port):
                 note="connection pool capped at 4 per worker",
             ),
         ],
+        "redis-remote": remote,
     }
+
+
+# Redis off the box (--compare redis-remote): the same redis-server reached
+# four ways, through the generated settings' own variables (REDIS_*_URL,
+# REDIS_TLS_CA_FILE, REDIS_*_SENTINELS), not through settings lines.
+REMOTE = None
+REMOTE_HOSTS = ("127.0.0.2", "127.0.0.3")
+REMOTE_ROWS = ["plain", "session-write", "session-read"]
+
+
+def remote_redis_variants(remote):
+    if not remote:
+        return [variant(f"remote-{name}", REMOTE_ROWS) for name in ("socket", "tcp", "tls", "sentinel")]
+    host = REMOTE_HOSTS[0]
+    sentinels = ",".join(f"{h}:{p}" for h, p in remote["sentinels"])
+    urls = {
+        "socket": {
+            "REDIS_CACHE_URL": f"unix://{remote_socket()}?db=0",
+            "REDIS_SESSIONS_URL": f"unix://{remote_socket()}?db=1",
+        },
+        "tcp": {
+            "REDIS_CACHE_URL": f"redis://{host}:{remote['port']}/0",
+            "REDIS_SESSIONS_URL": f"redis://{host}:{remote['port']}/1",
+        },
+        "tls": {
+            "REDIS_CACHE_URL": f"rediss://{host}:{remote['tls_port']}/0",
+            "REDIS_SESSIONS_URL": f"rediss://{host}:{remote['tls_port']}/1",
+            "REDIS_TLS_CA_FILE": str(remote["ca"]),
+        },
+        "sentinel": {
+            "REDIS_CACHE_URL": "redis:///0",
+            "REDIS_SESSIONS_URL": "redis:///1",
+            "REDIS_CACHE_SENTINELS": sentinels,
+            "REDIS_CACHE_SENTINEL_SERVICE": "bench",
+            "REDIS_SESSIONS_SENTINELS": sentinels,
+            "REDIS_SESSIONS_SENTINEL_SERVICE": "bench",
+        },
+    }
+    notes = {
+        "socket": "a throwaway redis-server through its unix socket (today's default)",
+        "tcp": f"the same redis-server over TCP on {host}",
+        "tls": f"the same redis-server over TLS on {host} (rediss://, verified against a CA made for the run)",
+        "sentinel": "the same redis-server found through three sentinels (SentinelClient), TCP",
+    }
+    return [variant(f"remote-{name}", REMOTE_ROWS, env=urls[name], note=notes[name]) for name in urls]
+
+
+def free_port_on(host):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start_remote_redis():
+    """redis-server on REDIS_SOCKET, TCP and TLS on 127.0.0.2, and three sentinels: (processes, info)."""
+    redis_server = shutil.which("redis-server", path=local_stack.SYSTEM_PATH)
+    openssl = shutil.which("openssl")
+    if not redis_server or not openssl:
+        raise RuntimeError("redis-server and openssl are needed (sudo apt-get install redis-server openssl)")
+    directory = WORK / "remote-redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    host = REMOTE_HOSTS[0]
+    ca, key, cert = directory / "ca.pem", directory / "server.key", directory / "server.pem"
+    quiet = {"check": True, "capture_output": True, "cwd": directory}
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bench-ca",
+                    "-keyout", "ca.key", "-out", ca], **quiet)  # fmt: skip
+    subprocess.run([openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=redis", "-keyout", key,
+                    "-out", "server.csr"], **quiet)  # fmt: skip
+    (directory / "san.cnf").write_text(f"subjectAltName=IP:{host}\n")
+    subprocess.run([openssl, "x509", "-req", "-in", "server.csr", "-CA", ca, "-CAkey", "ca.key", "-CAcreateserial",
+                    "-days", "1", "-extfile", "san.cnf", "-out", cert], **quiet)  # fmt: skip
+    port, tls_port = free_port_on(host), free_port_on(host)
+    remote_socket().unlink(missing_ok=True)
+    processes = []
+    try:
+        command = [
+            *(redis_server, "--port", port, "--bind", host, "--dir", directory, "--save", "", "--appendonly", "no"),
+            *("--unixsocket", remote_socket(), "--unixsocketperm", "700", "--tls-port", tls_port),
+            *("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"),
+        ]
+        processes.append(start([str(c) for c in command], "bench-remote-redis.log"))
+        wait_until(lambda: redis_connections() is not None, processes[0], "bench redis-server (remote)")
+        sentinels = []
+        for index, sentinel_host in enumerate((REMOTE_HOSTS[0], REMOTE_HOSTS[1], REMOTE_HOSTS[0])):
+            sentinel_port = free_port_on(sentinel_host)
+            conf = directory / f"sentinel-{index}.conf"
+            conf.write_text(f"sentinel announce-ip {sentinel_host}\nsentinel monitor bench {host} {port} 2\n")
+            command = [redis_server, conf, "--sentinel", "--port", sentinel_port, "--bind", sentinel_host,
+                       "--dir", directory]  # fmt: skip
+            processes.append(start([str(c) for c in command], f"bench-sentinel-{index}.log"))
+            sentinels.append((sentinel_host, sentinel_port))
+            wait_until(lambda a=sentinels[-1]: tcp_open(*a), processes[-1], "bench sentinel")
+    except BaseException:
+        for process in processes:
+            stop(process)
+        raise
+    return processes, {"port": port, "tls_port": tls_port, "ca": ca, "sentinels": sentinels, "host": host}
+
+
+def tcp_open(host, port):
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def remote_socket():
+    return RUN / "bench-remote-redis.sock"
+
+
+def redis_client():
+    """One connection to the remote variants' redis-server, over its unix socket, for the counts."""
+    import redis
+
+    return redis.Redis(unix_socket_path=str(remote_socket()), socket_timeout=2)
+
+
+def redis_connections(client=None):
+    """(app connections, total_connections_received) of the remote variants' redis-server, or None.
+
+    App connections: CLIENT LIST without the sentinels' own (named sentinel-...)
+    and without the one asking.
+    """
+    import redis
+
+    try:
+        probe = client or redis_client()
+        own = probe.client_id()
+        clients = [c for c in probe.client_list() if int(c["id"]) != own and not c["name"].startswith("sentinel-")]
+        opened = probe.info("stats")["total_connections_received"]
+        if client is None:
+            probe.close()
+        return len(clients), opened
+    except (redis.RedisError, OSError):
+        return None
+
+
+def sample_connections(client, peak, stopping):
+    """Keep peak[0] at the most client connections seen, five times a second, until stopping is set."""
+    while not stopping.wait(0.2):
+        counts = redis_connections(client)
+        if counts:
+            peak[0] = max(peak[0], counts[0])
+
+
+def remote_round_trips(remote, rounds=5, pairs=2000):
+    """Microseconds per session-like SET + GET from one client, through each path; medians of paired rounds.
+
+    Django's rows above are noisy on a busy machine; this isolates the Redis
+    hop. "tls, new connection" opens a fresh TLS connection for each pair:
+    what every request would pay without the pool.
+    """
+    import redis
+    from redis.sentinel import Sentinel
+
+    host = REMOTE_HOSTS[0]
+    tls = {"ssl": True, "ssl_ca_certs": str(remote["ca"])}
+    clients = {
+        "socket": lambda: redis.Redis(unix_socket_path=str(remote_socket())),
+        "tcp": lambda: redis.Redis(host=host, port=remote["port"]),
+        "tls": lambda: redis.Redis(host=host, port=remote["tls_port"], **tls),
+        "sentinel": lambda: Sentinel(remote["sentinels"], socket_timeout=1).master_for("bench", socket_timeout=1),
+    }
+    value = os.urandom(300)  # about a session with a logged-in user
+    samples = {name: [] for name in [*clients, "tls, new connection"]}
+    for number in range(rounds):
+        # Alternate the order, so that no path always runs first (or last) in a round.
+        for name, make in list(clients.items())[:: 1 if number % 2 == 0 else -1]:
+            client = make()
+            client.ping()
+            started = time.perf_counter()
+            for i in range(pairs):
+                client.set(f"bench:rt:{i}", value, ex=60)
+                client.get(f"bench:rt:{i}")
+            samples[name].append((time.perf_counter() - started) / pairs * 1e6)
+            client.close()
+        started = time.perf_counter()
+        for i in range(pairs // 20):
+            client = clients["tls"]()
+            client.set(f"bench:rt:{i}", value, ex=60)
+            client.get(f"bench:rt:{i}")
+            client.close()
+        samples["tls, new connection"].append((time.perf_counter() - started) / (pairs // 20) * 1e6)
+    socket_us = samples["socket"]
+    return {
+        name: {
+            "us_per_pair": round(statistics.median(values), 1),
+            "ratio_to_socket": round(statistics.median(v / s for v, s in zip(values, socket_us, strict=True)), 2),
+        }
+        for name, values in samples.items()
+    }
+
+
+def run_remote_variants(wrk, entries, seconds, rounds, log=print):
+    """run_variants for each redis-remote variant, counting connections on the Redis side during each.
+
+    A pooled connection is opened once per gunicorn worker and alias; a
+    request that opened its own (and paid a TLS handshake) would show as
+    about one opened connection per request.
+    """
+    results = {}
+    client = redis_client()
+    try:
+        for entry in entries:
+            peak, stopping = [0], threading.Event()
+            sampler = threading.Thread(target=sample_connections, args=(client, peak, stopping))
+            before = redis_connections(client)[1]
+            sampler.start()
+            try:
+                result = run_variants(wrk, [entry], seconds, rounds, log)
+            finally:
+                stopping.set()
+                sampler.join()
+            rows = result[entry["name"]]["rows"]
+            django_requests = sum(
+                sample["rps"] * seconds for name, row in rows.items() if name != "static" for sample in row["rounds"]
+            )
+            result[entry["name"]]["redis_connections"] = {
+                "peak_connected": peak[0],
+                "opened": redis_connections(client)[1] - before,
+                "requests": int(django_requests),
+            }
+            results.update(result)
+    finally:
+        client.close()
+    return results
 
 
 # (1) The project, and the processes the bench starts and stops --------------------
@@ -653,6 +884,12 @@ def table(name, result):
             f"  {row:<15} {data['rps']:>9.0f} {data['p99_ms']:>8.2f} {data['ratio_to_static']:>9.3f} "
             f"{data['errors']:>7}  {data['path']}"
         )
+    if "redis_connections" in result:
+        counts = result["redis_connections"]
+        lines.append(
+            f"  Redis side: at most {counts['peak_connected']} app connections at once, "
+            f"{counts['opened']} opened for {counts['requests']} Django requests"
+        )
     return "\n".join(lines)
 
 
@@ -667,6 +904,15 @@ def markdown(report):
         lines += ["| row | req/s | p99 ms | x static |", "| --- | ---: | ---: | ---: |"]
         for row, data in result["rows"].items():
             lines.append(f"| {row} | {data['rps']:.0f} | {data['p99_ms']:.1f} | {data['ratio_to_static']:.3f} |")
+        if "redis_connections" in result:
+            counts = result["redis_connections"]
+            lines += ["", f"Redis side: at most {counts['peak_connected']} app connections at once, "
+                      f"{counts['opened']} opened for {counts['requests']} Django requests."]  # fmt: skip
+    if report.get("redis_round_trips"):
+        lines += ["", "**Redis round trips** (one client, SET + GET of 300 bytes, medians of paired rounds):", ""]
+        lines += ["| path | µs per SET + GET | x unix socket |", "| --- | ---: | ---: |"]
+        for name, data in report["redis_round_trips"].items():
+            lines.append(f"| {name} | {data['us_per_pair']:.0f} | {data['ratio_to_socket']:.2f} |")
     if report["summary"]:
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         lines += [f"| {name} | {value:.2f} |" for name, value in report["summary"].items()]
@@ -708,6 +954,11 @@ def summary(results):
         ),
         "socket / tcp (session-write)": ratio(results, "redis-socket", "session-write", "redis-tcp", "session-write"),
         "socket / tcp (home-django)": ratio(results, "redis-socket", "home-django", "redis-tcp", "home-django"),
+        **{
+            f"{name} / socket ({row})": ratio(results, f"remote-{name}", row, "remote-socket", row)
+            for name in ("tcp", "tls", "sentinel")
+            for row in ("session-write", "session-read")
+        },
     }
     return {name: round(value, 3) for name, value in ratios.items() if value is not None}
 
@@ -719,7 +970,8 @@ def main(argv=None):
     parser.add_argument(
         "--compare",
         default="",
-        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options (or all)",
+        help="also run these groups, comma-separated: workers, recycling, sessions, redis, redis-options, "
+        "redis-remote (or all)",
     )
     parser.add_argument(
         "--postgres",
@@ -748,6 +1000,7 @@ def main(argv=None):
     if unknown:
         sys.exit(f"tools/bench.py: unknown comparison {', '.join(unknown)}; choose from {', '.join(comparisons(0))}")
     redis = postgres = None
+    remote_processes, round_trips = [], None
     if args.postgres and args.bake_into == TEMPLATE / "var" / "bench":
         args.bake_into = TEMPLATE / "var" / "bench-postgres"
     try:
@@ -767,14 +1020,21 @@ def main(argv=None):
             redis, tcp_port = start_redis()
         else:
             tcp_port = 0
+        if "redis-remote" in groups:
+            global REMOTE
+            remote_processes, REMOTE = start_remote_redis()
         available = comparisons(tcp_port)
         for group in groups:
-            entries += available[group]
+            if group != "redis-remote":
+                entries += available[group]
         results = run_variants(wrk, entries, args.seconds, args.rounds)
         if args.postgres:
             postgres, socket_dir, pg_port = start_postgres()
             pg_entries = postgres_variants(socket_dir, pg_port)
             pg_rates = run_postgres_interleaved(wrk, pg_entries, args.seconds, args.rounds)
+        if "redis-remote" in groups:
+            round_trips = remote_round_trips(REMOTE)
+            results.update(run_remote_variants(wrk, available["redis-remote"], args.seconds, args.rounds))
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         sys.exit(f"tools/bench.py: {exc}")
     except Exception as exc:
@@ -786,6 +1046,10 @@ def main(argv=None):
         stop(postgres, signal.SIGINT)  # PostgreSQL's fast shutdown
         if postgres:
             shutil.rmtree(RUN / "bench-postgres", ignore_errors=True)
+        for process in remote_processes:
+            stop(process)
+        if RUN:
+            remote_socket().unlink(missing_ok=True)
         if REDIS_SOCKET:
             REDIS_SOCKET.unlink(missing_ok=True)
 
@@ -802,6 +1066,7 @@ def main(argv=None):
             "note": "req/s per round of each --postgres variant's own gunicorn, straight to 127.0.0.1 (no nginx)",
             "rates": pg_rates if args.postgres else {},
         },
+        **({"redis_round_trips": round_trips} if round_trips else {}),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -814,6 +1079,8 @@ def main(argv=None):
     print()
     for name, value in report["summary"].items():
         print(f"  {name:<40} {value:.3f}")
+    for name, data in (report.get("redis_round_trips") or {}).items():
+        print(f"  Redis SET+GET {name:<26} {data['us_per_pair']:>7.0f} us  x{data['ratio_to_socket']:.2f} of socket")
     print(f"\nJSON: {args.json}; Markdown tables: {args.json.with_suffix('.md')}")
 
 

@@ -21,6 +21,10 @@
 #   ACME_SERVER=...    another ACME directory (default: Let's Encrypt production;
 #                  staging: https://acme-staging-v02.api.letsencrypt.org/directory)
 #   ACME_CA_BUNDLE=... CA file certbot trusts for ACME_SERVER (a test server's own CA)
+#   ROLE=single    everything on this server (the default); ROLE=app: nginx and
+#                  Django, Redis and PostgreSQL elsewhere (REDIS_CACHE_URL, ...);
+#                  ROLE=data: only Redis and PostgreSQL, TLS on DATA_ADDRESS.
+#                  See deploy/roles.sh and docs/data-off-the-box.md.
 # Without systemd (containers, CI) it starts the daemons with service(8) or directly.
 # `deploy/install.sh --render-nginx DIR` only writes the nginx files into DIR
 # (no root needed; the template's tests run `nginx -t` on them).
@@ -31,6 +35,9 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # nginx and supervisor paths, say, ctl, has_systemd, nginx_user.
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$SRC/deploy/common.sh"
+# ROLE (single, app, data) and its steps: validate_role, app_role_env, data_main.
+# shellcheck source-path=SCRIPTDIR source=roles.sh
+. "$SRC/deploy/roles.sh"
 DOMAIN="${DOMAIN:-$DEFAULT_DOMAIN}"
 APP_ROOT="${APP_ROOT:-/webapps/$SLUG}"
 VENV="$APP_ROOT/.venv"
@@ -141,6 +148,7 @@ fi
 preflight() {
     validate_input
     validate_acme
+    validate_role
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/install.sh"
     [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
     [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
@@ -170,6 +178,8 @@ check_lock() {
 
 install_packages() {
     step "Debian packages" "check the apt sources and the network (apt-get update), then run again."
+    # An app host's Redis is elsewhere (ROLE=app).
+    if [ "$ROLE" = app ]; then mapfile -t PACKAGES < <(printf '%s\n' "${PACKAGES[@]}" | grep -vx redis-server); fi
     apt_install "${PACKAGES[@]}"
 }
 
@@ -477,7 +487,9 @@ step_django() {
 render_supervisor() {
     # programs.conf with %(here)s/../.. spelled as the app root, each program
     # as the app user, and one group to start, stop and signal them together.
-    render supervisor "$APP_ROOT" "$APP_USER" "$WEB_GROUP"
+    local role_args=()
+    if [ "$ROLE" = app ]; then role_args=(--without-redis); fi
+    render supervisor "$APP_ROOT" "$APP_USER" "$WEB_GROUP" "${role_args[@]}"
 }
 
 supervisor_running() { ctl pid >/dev/null 2>&1; }
@@ -808,7 +820,8 @@ main() {
     sync_code
     make_venv
     write_env_file
-    if [ "$REDIS_MODE" = "system" ]; then system_redis; fi
+    app_role_env
+    if [ "$REDIS_MODE" = "system" ] && [ "$ROLE" = single ]; then system_redis; fi
     step_django
     step_supervisor
     step_nginx
@@ -824,4 +837,7 @@ main() {
     fi
 }
 
-main
+case "$ROLE" in
+data) data_main ;; # deploy/roles.sh: Redis and PostgreSQL only
+*) main ;;
+esac

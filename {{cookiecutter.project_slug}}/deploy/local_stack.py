@@ -175,13 +175,54 @@ def start_or_update(nginx_changed=False):
     if supervisor_running():
         ctl = [*venv_tool("supervisor.supervisorctl"), "-c", str(SUPERVISOR_CONF)]
         subprocess.run([*ctl, "update"], check=True, env=supervisor_env(), stdout=subprocess.DEVNULL)
-        subprocess.run([*ctl, "start", "all"], env=supervisor_env(), stdout=subprocess.DEVNULL)
+        subprocess.run([*ctl, "start", *startable_programs()], env=supervisor_env(), stdout=subprocess.DEVNULL)
         if nginx_changed:
             rpc().supervisor.signalProcess(f"{SLUG}:{SLUG}-nginx", "HUP")
         return "updated"
     remove_stale_files()
     subprocess.run([*venv_tool("supervisor.supervisord"), "-c", str(SUPERVISOR_CONF)], check=True, env=supervisor_env())
     return "started"
+
+
+# Only what .env points at runs here: a store whose Redis is elsewhere
+# (REDIS_<STORE>_URL not unix://, or REDIS_<STORE>_SENTINELS set) gets no
+# local redis-server. run/remote-redis.conf, which local.conf includes after
+# programs.conf, turns its autostart off.
+REMOTE_REDIS_CONF = RUN / "remote-redis.conf"
+
+
+def remote_redis_stores():
+    """The stores ("cache", "sessions") whose Redis .env (or the environment) puts on another host."""
+    values = {**read_env(), **os.environ}
+    env = importlib.import_module(f"{SLUG}.env")
+    remote = []
+    for store in ("cache", "sessions"):
+        prefix = f"REDIS_{store.upper()}"
+        sentinels = [item.strip() for item in values.get(f"{prefix}_SENTINELS", "").split(",") if item.strip()]
+        try:
+            for item in sentinels:
+                env.sentinel_address(f"{prefix}_SENTINELS", item)
+        except ValueError as exc:
+            raise StackError(str(exc)) from exc
+        url = values.get(f"{prefix}_URL", "")
+        if sentinels or (url and not url.startswith("unix://")):
+            remote.append(store)
+    return remote
+
+
+def write_remote_redis_conf():
+    """Write run/remote-redis.conf for the local Redis programs that must not start."""
+    programs = (ROOT / "deploy" / "supervisor" / "programs.conf").read_text()
+    names = [f"{SLUG}-redis-{store}" for store in remote_redis_stores()]
+    text = "".join(f"[program:{name}]\nautostart=false\n" for name in names if f"[program:{name}]" in programs)
+    REMOTE_REDIS_CONF.write_text(f"; Written by deploy/local_stack.py from .env: Redis that runs elsewhere.\n{text}")
+
+
+def startable_programs():
+    """Every program but the local Redis instances that .env points away from."""
+    skipped = {f"{SLUG}-redis-{store}" for store in remote_redis_stores()}
+    processes = rpc().supervisor.getAllProcessInfo()
+    return [f"{p['group']}:{p['name']}" for p in processes if p["name"] not in skipped]
 
 
 def port_in_use(port):
@@ -393,6 +434,7 @@ def backup():
 def up():
     started = time.monotonic()
     port = local_port()
+    remote_redis_stores()  # a bad REDIS_*_SENTINELS is refused before anything changes
     prepare_dirs()
     if not supervisor_running() and port_in_use(port):
         # Otherwise whatever answers there would pass for this stack.
@@ -402,6 +444,7 @@ def up():
         )
     nginx_changed = render_nginx(port)
     postgres_action = start_postgres()
+    write_remote_redis_conf()
     manage("migrate", "--noinput", "-v", "0")
     manage("collectstatic", "--noinput", "-v", "0")
     action = start_or_update(nginx_changed)

@@ -6,9 +6,10 @@ imports this module for `make up`; deploy/install.sh runs it with the
 system's python3 (standard library only, so no virtualenv is needed):
 
     python3 deploy/render.py FILE NAME=VALUE ...   FILE with @NAME@ filled in, on stdout
-    python3 deploy/render.py supervisor APP_ROOT USER WEB_GROUP
+    python3 deploy/render.py supervisor APP_ROOT USER WEB_GROUP [--without-redis]
                                                    deploy/supervisor/programs.conf for
                                                    the server's supervisor, on stdout
+                                                   (--without-redis: an app host, ROLE=app)
 """
 
 import os
@@ -43,19 +44,25 @@ def fill_in(text, values, ipv6=None):
     return text
 
 
-def server_programs(text, app_root, user, web_group, source="deploy/supervisor/programs.conf"):
+def server_programs(text, app_root, user, web_group, source="deploy/supervisor/programs.conf", without_redis=False):
     """programs.conf for the system supervisor.
 
     %(here)s/../.. becomes the app root, each program runs as the app user,
     the project's Redis sockets are closed to everyone else, and one group
     (named after the user, the project's slug) starts, stops and signals them.
+    without_redis leaves the Redis programs out: an app host's Redis is elsewhere.
     """
     lines = [
         f"; Written by deploy/install.sh from {app_root}/{source}:",
         "; edit that file and run install.sh again, not this copy.",
     ]
     programs = []
+    skipping = False
     for line in text.replace("%(here)s/../..", app_root).replace("%(here)s/..", f"{app_root}/deploy").splitlines():
+        if line.startswith("["):
+            skipping = without_redis and line.startswith("[program:") and "-redis-" in line
+        if skipping:
+            continue
         if line.startswith("command=redis-server "):
             line += " --unixsocketperm 700"
         lines.append(line)
@@ -75,9 +82,9 @@ def server_programs(text, app_root, user, web_group, source="deploy/supervisor/p
 
 def main(argv):
     try:
-        if len(argv) == 5 and argv[1] == "supervisor":
+        if len(argv) in (5, 6) and argv[1] == "supervisor" and argv[5:] in ([], ["--without-redis"]):
             text = (DEPLOY / "supervisor" / "programs.conf").read_text()
-            sys.stdout.write(server_programs(text, *argv[2:]))
+            sys.stdout.write(server_programs(text, *argv[2:5], without_redis=len(argv) == 6))
             return 0
         if len(argv) >= 2 and argv[1] != "supervisor":
             values = dict(arg.partition("=")[::2] for arg in argv[2:])

@@ -33,6 +33,17 @@ done
 [ "$KEEP_DATA$PURGE_DATA" != yesyes ] ||
     fail "--keep-data and --purge-data contradict each other: give one of them."
 [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/uninstall.sh"
+# ROLE=data removes the data tier (deploy/roles.sh); single and app, the site.
+# shellcheck source-path=SCRIPTDIR source=roles.sh
+. "$(dirname "${BASH_SOURCE[0]}")/roles.sh"
+case "$ROLE" in
+single | app) ;;
+data)
+    uninstall_data
+    exit 0
+    ;;
+*) fail "ROLE='$ROLE' is not a role: give the one install.sh ran with (single, app or data)." ;;
+esac
 
 # The app root: APP_ROOT, else what install.sh wrote into supervisor's file.
 if [ -z "${APP_ROOT:-}" ] && [ -f "$SUPERVISOR_CONF" ]; then

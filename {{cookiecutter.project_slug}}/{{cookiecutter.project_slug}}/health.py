@@ -6,6 +6,7 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django_redis import get_redis_connection
+from redis.sentinel import MasterNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +29,17 @@ def healthz(request):
         "cache": lambda: _check_redis("default"),
         "sessions": lambda: _check_redis("sessions"),
     }
-    report = {}
+    report, reasons = {}, {}
     for name, check in checks.items():
         try:
             check()
         except Exception as exc:  # noqa: BLE001 -- any failure is reported, not raised
-            # The class name only: /healthz is public, socket paths are not.
+            # The class name only: /healthz is public, socket paths and hosts
+            # are not. A missing Sentinel service is named: that is the fix.
             report[name] = f"error: {exc.__class__.__name__}"
+            if isinstance(exc, MasterNotFoundError):
+                report[name] += f" ({exc})"
+            reasons[name] = " ".join(f"{exc.__class__.__name__}: {exc}".split())
         else:
             report[name] = "ok"
     failed = [name for name, state in report.items() if state != "ok"]
@@ -43,6 +48,7 @@ def healthz(request):
     if failed:
         # A monitor polls this during an outage: one log line per probe, not
         # an error mail to ADMINS per probe (Django mails every 5xx it logs).
-        logger.warning("/healthz 503: %s", ", ".join(f"{name} {report[name]}" for name in failed))
+        # The log is private: it says why, in one line.
+        logger.warning("/healthz 503: %s", "; ".join(f"{name} {reasons[name]}" for name in failed))
         response._has_been_logged = True
     return response

@@ -100,7 +100,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # (IGNORE_EXCEPTIONS). Sessions get their own Redis (noeviction, AOF), so
 # cache.clear() -- a FLUSHDB -- or a full cache can never log anyone out, and
 # its errors are raised, because Django's session code must see them.
-# Unix socket URLs look like unix:///path/to/redis.sock?db=0.
+# Unix socket URLs look like unix:///path/to/redis.sock?db=0. A Redis on
+# another host is redis://user:password@host:port/0, or rediss://... with TLS
+# (verified against REDIS_TLS_CA_FILE, else the system CAs). REDIS_*_SENTINELS
+# and REDIS_*_SENTINEL_SERVICE find the primary through Redis Sentinel; see
+# env.redis_cache() and docs/data-off-the-box.md.
 {%- if cookiecutter.redis == "system" %}
 # Debian's redis-server: one instance, the cache in db 0, the sessions in db 1.
 REDIS_CACHE_URL = env.get_str("REDIS_CACHE_URL", "unix:///run/redis/redis-server.sock?db=0")
@@ -117,15 +121,13 @@ REDIS_OPTIONS = {
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_CACHE_URL,
         "KEY_PREFIX": "{{ cookiecutter.project_slug }}",
-        "OPTIONS": {**REDIS_OPTIONS, "IGNORE_EXCEPTIONS": True},
+        **env.redis_cache("REDIS_CACHE", REDIS_CACHE_URL, {**REDIS_OPTIONS, "IGNORE_EXCEPTIONS": True}),
     },
     "sessions": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_SESSIONS_URL,
         "KEY_PREFIX": "{{ cookiecutter.project_slug }}",
-        "OPTIONS": REDIS_OPTIONS,
+        **env.redis_cache("REDIS_SESSIONS", REDIS_SESSIONS_URL, REDIS_OPTIONS),
     },
 }
 # Log each swallowed cache error instead of hiding the outage.
