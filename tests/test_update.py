@@ -300,3 +300,119 @@ def test_the_guard_catches_a_rename_nobody_handled(cookies):
     line = re.search(r"local current=\(.*\)", install_sh).group(0)
     renamed = install_sh.replace(line, line.replace("$NGINX_LOCATIONS", "/etc/nginx/snippets/$SLUG-where.conf"))
     assert unhandled_etc_names(recorded["etc"], renamed) == ["/etc/nginx/snippets/$SLUG-locations.conf"]
+
+
+# A deployed site, updated across template versions (root, real install.sh) -----------------
+
+
+def etc_files(slug):
+    """Files and links under /etc/nginx and /etc/supervisor named after the site."""
+    found = set()
+    for base in (Path("/etc/nginx"), Path("/etc/supervisor")):
+        found |= {str(path) for path in base.rglob(f"*{slug}*") if path.is_file() or path.is_symlink()}
+    return found
+
+
+def pids_with(text):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_deployed_site_updated_across_versions_keeps_sessions_and_leaves_nothing_old(tmp_path_factory):
+    """install.sh of fb1b611^1, cruft update to HEAD, git pull, install.sh of HEAD.
+
+    Every template version so far installed the same /etc names, so an older
+    layout's leftovers are planted the way a future rename would leave them: a
+    supervisor program file and an nginx snippet that the last install recorded
+    in /var/lib/socketstack/<slug>.files and this version no longer writes.
+    """
+    from test_deploy import (
+        DOMAIN,
+        Server,
+        nginx_running,
+        require_root,
+        stop_daemons_started_since,
+        supervisord_running,
+        wait_gone,
+    )
+
+    require_root()
+    require("curl")
+    require("git")
+    slug = "sst_update"
+    if Path(f"/webapps/{slug}").exists() or Path(f"/etc/supervisor/conf.d/{slug}.conf").exists():
+        pytest.fail(f"/webapps/{slug} or its supervisor program exists already: run its deploy/uninstall.sh first")
+    nginx_before, supervisord_before = nginx_running(), supervisord_running()
+    owner = cruft_create(template_commit(OLD_COMMITS["before-redesign"]), short_output_dir("updsrv"),
+                         project_name="sst update", domain_name=DOMAIN)  # fmt: skip
+    assert owner.name == slug
+    commit_all(owner, "Baked with cruft")
+    add_skip_list(owner)
+    owner_changes(owner)
+    checkout = short_output_dir("updclone") / slug
+    run(["git", "clone", "-q", str(owner), str(checkout)], owner.parent)
+    server = Server(checkout, tmp_path_factory.mktemp("update-deploy"), {"redis": "dedicated"})
+    retired_conf = Path(f"/etc/supervisor/conf.d/{slug}-retired.conf")
+    retired_snippet = Path(f"/etc/nginx/snippets/{slug}-retired.conf")
+    ctl = ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf"]
+    try:
+        server.install("old version")
+        server.create_admin()
+        server.login()
+        status, _, body = server.get("/admin/")
+        assert status == 200 and "Log out" in body
+        old_files = etc_files(slug)
+        assert f"/etc/supervisor/conf.d/{slug}.conf" in old_files
+        # The older layout's leftovers, as the last install recorded them.
+        retired_conf.write_text(f"[program:{slug}-retired]\ncommand=/bin/sleep 911\nautostart=true\n")
+        retired_snippet.write_text("# an nginx snippet an older version installed\n")
+        Path(f"/var/lib/socketstack/{slug}.files").write_text(f"{retired_conf}\n{retired_snippet}\n")
+        subprocess.run([*ctl, "update"], capture_output=True, check=True)
+        deadline = time.monotonic() + 10
+        while not pids_with("/bin/sleep 911") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (retired_pid,) = pids_with("/bin/sleep 911")
+
+        # The owner updates, relocks and commits; the server pulls and installs.
+        result, seconds = update_to(owner, template_commit("HEAD"))
+        TIMINGS["deploy: cruft update to HEAD"] = seconds
+        assert conflicts(owner).returncode == 0
+        run(["make", "lock"], owner, env=tool_env())
+        commit_all(owner, "Update from the template")
+        run(["git", "pull", "-q", "--ff-only"], checkout)
+        server.install("new version")
+
+        status, _, body = server.get("/admin/")
+        assert status == 200 and "Log out" in body, "the session did not survive the update"
+        status, _, body = server.get("/")
+        assert status == 200 and OWNER_PAGE in body
+        assert not retired_conf.exists() and not retired_snippet.exists()
+        assert wait_gone(retired_pid, timeout=10), "the old layout's program still runs"
+        assert f"{slug}-retired" not in subprocess.run([*ctl, "status"], capture_output=True, text=True).stdout
+        manifest = set(Path(f"/var/lib/socketstack/{slug}.files").read_text().split())
+        # Under /etc: exactly what this version installs, nothing of the old one beside it.
+        assert etc_files(slug) == manifest
+        assert old_files <= manifest
+        # The code that moved is gone from the app root too (rsync --delete).
+        for moved in ("web/middleware.py", "web/sessions", "deploy/bench.py"):
+            assert not (server.app_root / moved).exists(), moved
+        assert not pids_with(f"{server.app_root}/deploy/bench.py")
+        for label, seconds in server.timings.items():
+            TIMINGS[f"deploy: install.sh {label}"] = seconds
+    finally:
+        if server.installed():
+            server.uninstall()
+        for path in (retired_conf, retired_snippet):
+            if path.exists():
+                path.unlink()
+                subprocess.run([*ctl, "update"], capture_output=True)
+        stop_daemons_started_since(nginx_before, supervisord_before)
+    assert not Path(f"/var/lib/socketstack/{slug}.files").exists()
