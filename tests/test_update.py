@@ -81,9 +81,11 @@ def test_scratch_bake_is_recognised_by_cruft_context_and_a_fresh_temp_dir(tmp_pa
 
 
 def test_cruft_create_at_head_writes_env_and_a_diff_bake_writes_none(tmp_path):
+    """Under `cruft create` the hook does what it does under cookiecutter: .env, .venv, make check passes."""
     require("git")
     head = template_commit("HEAD")
-    project = cruft_create(head, tmp_path)
+    project = cruft_create(head, tmp_path, venv=True)
+    make(project, "check")
     env = project / ".env"
     assert env.stat().st_mode & 0o777 == 0o600
     secret = re.search(r"^DJANGO_SECRET_KEY=(.+)$", env.read_text(), re.MULTILINE).group(1)
@@ -201,6 +203,9 @@ def test_relock_then_make_update_runs_the_tests_and_checks(site):
     assert "Nothing to do" in out and "without conflict" in out and "make update: done" in out, out
     assert re.search(r"\d+ passed", out), out
     assert "tests/test_shop.py ." in out, out
+    # The preview: the owner's own edit of a template file shows (read in reverse); .env never does.
+    preview = make(project, "update-preview", f"CHECKOUT={template_commit('HEAD')}").stdout
+    assert OWNER_PAGE in preview and ".env" not in preview and "SECRET" not in preview, preview
 
 
 def test_make_up_serves_the_owners_page_and_migration(site):
