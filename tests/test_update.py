@@ -99,10 +99,17 @@ def test_cruft_create_at_head_writes_env_and_a_diff_bake_writes_none(tmp_path):
     assert diff.returncode == 0, diff.stdout + diff.stderr
 
 
-def test_cruft_link_command_in_the_docs_links_a_cookiecutter_bake(cookies, tmp_path):
+def test_cruft_link_command_in_the_docs_links_a_cookiecutter_bake(tmp_path):
     require("git")
     head = template_commit("HEAD")
-    project = bake(cookies, project_name="Linked Shop", local_port="8123", session_engine="cached_db")
+    # Plain cookiecutter, from the committed HEAD (the commit the link names).
+    source = tmp_path / "template"
+    run(["git", "clone", "-q", str(TEMPLATE), str(source)], tmp_path)
+    run(["git", "checkout", "-q", head], source)
+    answers = ["project_name=Linked Shop", "local_port=8123", "session_engine=cached_db"]
+    run([TOOLS / "cookiecutter", "--no-input", "-o", tmp_path / "out", source, *answers], tmp_path,
+        env=tool_env(SOCKETSTACK_SKIP_VENV="1"))  # fmt: skip
+    project = tmp_path / "out" / "linked_shop"
     commit_all(project, "Baked with cookiecutter")
     docs = (project / "docs" / "updating.md").read_text()
     block = re.search(r"```sh\n(\.venv/bin/python -m cruft link .*?)```", docs, re.DOTALL).group(1)
