@@ -238,11 +238,13 @@ sync_code() {
     if [ "$(readlink -f "$SRC")" = "$(readlink -f "$APP_ROOT")" ]; then
         say "running from the app root itself: nothing to copy"
     else
-        # --delete removes files deleted upstream; excluded paths are kept.
+        # --delete removes files deleted upstream; excluded paths are kept, but
+        # a __pycache__ is perishable (-p): it does not keep a folder that a
+        # template update moved away (web/sessions/) alive.
         rsync -a --delete --chown="root:$APP_USER" --chmod=Dg+rx,Fg+r,go-w,o-rwx \
             --exclude=/.git/ --exclude=/.venv/ --exclude=/run/ --exclude=/var/ --exclude=/logs/ \
             --exclude=/static/ --exclude=/media/ --exclude=/.env --exclude='/db.sqlite3*' \
-            --exclude=/.socketstack-app --exclude='*.egg-info/' --exclude=__pycache__/ \
+            --exclude=/.socketstack-app --exclude='*.egg-info/' --filter='-p __pycache__/' \
             --exclude=.pytest_cache/ --exclude=.ruff_cache/ \
             "$SRC/" "$APP_ROOT/"
         say "synced $SRC -> $APP_ROOT (without .git, .env, .venv and runtime data)"
