@@ -212,7 +212,9 @@ def test_relock_then_make_update_runs_the_tests_and_checks(site):
     assert "tests/test_shop.py ." in out, out
     # The preview: the owner's own edit of a template file shows (read in reverse); .env never does.
     preview = make(project, "update-preview", f"CHECKOUT={template_commit('HEAD')}").stdout
-    assert OWNER_PAGE in preview and ".env" not in preview and "SECRET" not in preview, preview
+    secret = re.search(r"^DJANGO_SECRET_KEY=(.+)$", site.env_before, re.MULTILINE).group(1)
+    assert OWNER_PAGE in preview and secret not in preview and OWNER_LINE not in preview, preview
+    assert not re.search(r"^(diff --git|[-+]{3}) \S*\.env\b", preview, re.MULTILINE), preview
 
 
 def test_make_up_serves_the_owners_page_and_migration(site):
