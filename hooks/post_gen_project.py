@@ -6,11 +6,17 @@ template's tests can import and call it. Environment variables:
   SOCKETSTACK_SKIP_VENV=1        do not create .venv (fast template tests)
   SOCKETSTACK_SKIP_REDIS_CHECK=1 do not look for Redis
   SOCKETSTACK_SYSTEM_REDIS_SOCKET=/path  the socket checked for redis=system
+
+Under `cruft update` and `cruft diff`, cruft bakes the old and the new
+template version into temporary directories (running this hook each time)
+only to diff them: such a bake gets no .env, no .venv and no Redis check
+(see is_cruft_scratch_bake).
 """
 
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +56,27 @@ def remove_unused_files(project_dir, context):
         else:
             path.unlink()
     return unused
+
+
+# (1b) cruft's throwaway bakes -----------------------------------------------------
+
+
+def is_cruft_scratch_bake(context, project_dir, tmp_root=None):
+    """True for the bakes that `cruft update` / `cruft diff` make only to compute the template's diff.
+
+    Two facts of cruft 2.16 together: it alone puts `_commit` in the context
+    (plain cookiecutter puts `_output_dir` there instead), and for update/diff
+    it generates into a fresh tempfile.TemporaryDirectory() (`<tmp>/tmpXXXXXXXX/<slug>`,
+    nothing else in it), where `cruft create` generates into the directory the
+    user gave. Those bakes are diffed and deleted: a .venv, a new secret or a
+    Redis probe there is wasted time, and a secret there would enter the diff.
+    """
+    if "_commit" not in context or "_output_dir" in context:
+        return False
+    parent = Path(project_dir).resolve().parent
+    tmp_root = Path(tmp_root or tempfile.gettempdir()).resolve()
+    fresh_tmp = parent.parent == tmp_root and re.fullmatch(r"tmp[a-z0-9_]{8}", parent.name) is not None
+    return fresh_tmp and [p.name for p in parent.iterdir()] == [Path(project_dir).name]
 
 
 # (2) Lock, .env and .venv: the project's own code (deploy/checkout.py) --------
@@ -213,6 +240,9 @@ def main():
     for path in removed:
         say(f"Removed {path.relative_to(project_dir)} (not used with these options)")
     use_lock_for(project_dir, context["django_version"])
+    if is_cruft_scratch_bake(context, project_dir):
+        say("cruft's scratch bake for a diff: no .env, no .venv, no Redis check")
+        return
     write_env_file(project_dir)
     say("Wrote .env (mode 0600) with a new SECRET_KEY: keep it out of version control")
 

@@ -7,7 +7,7 @@ from conftest import bake
 
 # What `make up`, `make venv` and the server create at run time: named in the
 # docs, never baked.
-RUNTIME = ("run/", "logs/", "var/", "static/", "media/", ".venv", "db.sqlite3", "appendonlydir/", "<")
+RUNTIME = ("run/", "logs/", "var/", "static/", "media/", ".venv", "db.sqlite3", "appendonlydir/", "<", ".cruft.json")
 EXTENSIONS = "py|md|conf|sh|html|lock|toml|yml|yaml|css|json"
 # A relative path (a/b, a/b/, a/*.conf) or a bare file name with a known
 # extension; never the tail of an absolute path or a URL.

@@ -298,11 +298,13 @@ sync_code() {
     if [ "$(readlink -f "$SRC")" = "$(readlink -f "$APP_ROOT")" ]; then
         say "running from the app root itself: nothing to copy"
     else
-        # --delete removes files deleted upstream; excluded paths are kept.
+        # --delete removes files deleted upstream; excluded paths are kept, but
+        # a __pycache__ is perishable (-p): it does not keep a folder that a
+        # template update moved away (web/sessions/) alive.
         rsync -a --delete --chown="root:$APP_USER" --chmod=Dg+rx,Fg+r,go-w,o-rwx \
             --exclude=/.git/ --exclude=/.venv/ --exclude=/run/ --exclude=/var/ --exclude=/logs/ \
             --exclude=/static/ --exclude=/media/ --exclude=/.env --exclude='/db.sqlite3*' \
-            --exclude=/.socketstack-app --exclude='*.egg-info/' --exclude=__pycache__/ \
+            --exclude=/.socketstack-app --exclude='*.egg-info/' --filter='-p __pycache__/' \
             --exclude=.pytest_cache/ --exclude=.ruff_cache/ \
             "$SRC/" "$APP_ROOT/"
         say "synced $SRC -> $APP_ROOT (without .git, .env, .venv and runtime data)"
@@ -482,6 +484,34 @@ step_django() {
     manage collectstatic --noinput -v 0
     say "collectstatic: $APP_ROOT/static"
     manage check --deploy --fail-level WARNING | sed 's/^/    /'
+}
+
+# Files under /etc that an older template version installed and this one does
+# not (a renamed supervisor program file, a moved nginx snippet ...), for sites
+# installed before install.sh kept its list in $STATE_DIR. Every template
+# version so far installed the same names: add the old name here when a rename
+# lands (tests/test_update.py checks the deploy names against older versions).
+RETIRED_FILES=()
+
+step_retire_old_files() {
+    step "Files of older versions under /etc" "remove the file named above by hand, then run install.sh again."
+    local manifest="$STATE_DIR/$SLUG.files" f name
+    local current=("$SUPERVISOR_CONF" "$NGINX_SITE" "$NGINX_LOCATIONS" "/etc/nginx/sites-enabled/$SLUG.conf")
+    for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
+        [ ! -e "$SRC/deploy/nginx/$name.conf" ] || current+=("/etc/nginx/snippets/$SLUG-$name.conf")
+    done
+    install -d -m 0755 "$STATE_DIR"
+    # What the last run installed (or what older versions did), minus what this run installs:
+    # supervisorctl update (next step) stops the programs of a removed file, nginx's reload drops a removed site.
+    while read -r f; do
+        case "$f" in /etc/nginx/?*|/etc/supervisor/conf.d/?*) ;; *) continue ;; esac
+        [ -e "$f" ] || [ -L "$f" ] || continue
+        printf '%s\n' "${current[@]}" | grep -qxF -- "$f" && continue
+        rm -f -- "$f" "$f.bak"
+        say "removed $f (an older version's; this one no longer installs it)"
+    done < <(cat "$manifest" 2>/dev/null; printf '%s\n' "${RETIRED_FILES[@]}")
+    printf '%s\n' "${current[@]}" >"$manifest"
+    say "$manifest: the files this version installs under /etc"
 }
 
 render_supervisor() {
@@ -823,6 +853,7 @@ main() {
     app_role_env
     if [ "$REDIS_MODE" = "system" ] && [ "$ROLE" = single ]; then system_redis; fi
     step_django
+    step_retire_old_files
     step_supervisor
     step_nginx
     step_letsencrypt

@@ -87,7 +87,7 @@ fi
 
 step "nginx: remove the site"
 # With the backups of an interrupted install.sh (.bak), if any.
-rm -f "/etc/nginx/sites-enabled/$SLUG.conf" "$NGINX_SITE" "$NGINX_LOCATIONS" \
+rm -f "/etc/nginx/sites-enabled/$SLUG.conf" "$NGINX_SITE" "$NGINX_LOCATIONS" "$STATE_DIR/$SLUG.files" \
     /etc/nginx/snippets/"$SLUG"-locations.conf.bak /etc/nginx/snippets/"$SLUG"-page-cache*.conf \
     /etc/nginx/snippets/"$SLUG"-page-cache*.conf.bak "$NGINX_SITE.bak"
 say "removed $NGINX_SITE and $NGINX_LOCATIONS"
