@@ -844,7 +844,7 @@ main() {
     preflight
     install_packages
     if [ "${LOCK_CHECK_LATER:-no}" = yes ]; then check_lock; fi
-    if [ "$DATABASE" = "postgresql" ]; then step_postgresql; fi
+    if [ "$DATABASE" = "postgresql" ] && [ "$ROLE" = single ]; then step_postgresql; fi
     create_user
     make_layout
     sync_code

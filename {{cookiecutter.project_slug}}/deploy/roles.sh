@@ -77,6 +77,13 @@ validate_app_role() {
     [ -z "$value" ] || [ -r "$value" ] ||
         role_fail "REDIS_TLS_CA_FILE='$value' is not a readable file: copy the data host's CA (ROLE=data printed its path) here and give its path."
     value="${DATABASE_URL:-}"
+    # A postgresql bake's default URL is Debian's local socket, which an app host has not.
+    if [ "$DATABASE" = postgresql ]; then
+        case "${value:-$(env_file_value DATABASE_URL)}" in
+        "" | postgres:///* | postgresql:///*)
+            role_fail "DATABASE_URL='${value:-$(env_file_value DATABASE_URL)}': ROLE=app runs no PostgreSQL of its own: give DATABASE_URL=postgres://user:password@host:port/name?sslmode=verify-full&sslrootcert=/path (the line ROLE=data printed)." ;;
+        esac
+    fi
     case "$value" in
     "" | postgres://* | postgresql://* | sqlite://*) ;;
     *) role_fail "DATABASE_URL='$value' is not a database URL: give postgres://user:password@host:port/name?sslmode=verify-full&sslrootcert=/path (ROLE=data printed it)." ;;
