@@ -159,14 +159,15 @@ def test_settings_follow_the_choices(baked, django_results):
     else:
         assert settings["default"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=0"
         assert settings["sessions"]["LOCATION"] == "unix:///run/redis/redis-server.sock?db=1"
-    # SQLite in the project, or the local stack's PostgreSQL on its socket in run/postgres/.
+    # SQLite in the project, or the local stack's PostgreSQL on its socket in run/postgres/
+    # (paths of the bake checked for this one: bakes that differ in nginx files share a run).
     database = settings["database"]
     if combo["database"] == "postgresql":
         assert database["ENGINE"] == "django.db.backends.postgresql"
-        assert (database["HOST"], database["NAME"], database["USER"]) == (str(project / "run" / "postgres"), slug, slug)
+        assert database["HOST"].endswith(f"/{slug}/run/postgres") and database["NAME"] == database["USER"] == slug
         assert (database["CONN_MAX_AGE"], database["CONN_HEALTH_CHECKS"], database["PASSWORD"]) == (600, True, "")
     else:
-        assert database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] == str(project / "db.sqlite3")
+        assert database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"].endswith(f"/{slug}/db.sqlite3")
 
 
 def test_pruned_files_follow_the_choices(baked):

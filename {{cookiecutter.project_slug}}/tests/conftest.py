@@ -84,7 +84,7 @@ def load_local_stack():
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+def django_db_modify_db_settings():
     """With PostgreSQL and no DATABASE_URL, a throwaway cluster of PostgreSQL 15 on a
     unix socket in a temporary directory (no TCP, fsync off), so `make test` and CI
     need no running stack. pytest-django then creates its test database there."""

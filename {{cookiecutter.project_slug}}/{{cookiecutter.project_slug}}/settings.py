@@ -75,7 +75,8 @@ DEFAULT_DATABASE_URL = f"postgres://{{ cookiecutter.project_slug }}@/{{ cookiecu
 # (or postgres:///name?host=/socket/dir) to use PostgreSQL instead.
 DEFAULT_DATABASE_URL = "sqlite:///db.sqlite3"
 {%- endif %}
-DATABASES = {"default": env.database_from_url(env.get_str("DATABASE_URL", DEFAULT_DATABASE_URL), BASE_DIR)}
+# An empty DATABASE_URL= line counts as none.
+DATABASES = {"default": env.database_from_url(env.get_str("DATABASE_URL") or DEFAULT_DATABASE_URL, BASE_DIR)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets readers run during a write; NORMAL sync is safe with WAL and
     # makes each write much cheaper. IMMEDIATE avoids "database is locked"
