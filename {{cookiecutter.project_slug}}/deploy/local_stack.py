@@ -443,8 +443,10 @@ def up():
             "Stop it, or set LOCAL_PORT in .env to a free port, then run `make up` again."
         )
     nginx_changed = render_nginx(port)
-    postgres_action = start_postgres()
+    # Before supervisord starts anything, PostgreSQL included: a Redis that .env
+    # puts elsewhere must not start even once.
     write_remote_redis_conf()
+    postgres_action = start_postgres()
     manage("migrate", "--noinput", "-v", "0")
     manage("collectstatic", "--noinput", "-v", "0")
     action = start_or_update(nginx_changed)
