@@ -539,6 +539,18 @@ start_supervisor() {
     return 1
 }
 
+install_supervisor_conf() {
+    # install_supervisor_conf NEW TARGET: TARGET becomes NEW when they differ
+    # (supervisorctl update then restarts only the programs whose entry changed).
+    if cmp -s "$1" "$2"; then
+        say "$2 unchanged"
+    else
+        install -m 0644 -o root -g root "$1" "$2"
+        say "$2 written"
+    fi
+    rm -f "$1"
+}
+
 step_supervisor() {
     step "supervisor: $SLUG:* (Redis, gunicorn as $APP_USER)" \
         "see $APP_ROOT/logs/*.log and /var/log/supervisor/supervisord.log; \`supervisorctl status $SLUG:*\` shows the state."
@@ -548,14 +560,7 @@ step_supervisor() {
     start_supervisor
     say "supervisord running (pid $(ctl pid))"
     ctl status "$SLUG:$SLUG-gunicorn" 2>/dev/null | grep -q RUNNING && was_running=yes
-    if cmp -s "$new" "$SUPERVISOR_CONF"; then
-        rm -f "$new"
-        say "$SUPERVISOR_CONF unchanged"
-    else
-        install -m 0644 -o root -g root "$new" "$SUPERVISOR_CONF"
-        rm -f "$new"
-        say "$SUPERVISOR_CONF written"
-    fi
+    install_supervisor_conf "$new" "$SUPERVISOR_CONF"
     ctl reread | sed 's/^/    /'
     # update starts new programs and restarts changed ones; the rest keep running.
     ctl update | sed 's/^/    /'

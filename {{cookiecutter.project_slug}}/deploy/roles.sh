@@ -267,10 +267,27 @@ write_if_changed() {
     return 0
 }
 
+tls_listener() {
+    # tls_listener ADDRESS PORT: the lines that make a Redis or a Sentinel speak
+    # only TLS, only on ADDRESS (the certificate is the data host's, see data_tls).
+    local address=$1 port=$2 tls="$DATA_ROOT/tls"
+    cat <<CONF
+bind $address
+protected-mode yes
+port 0
+tls-port $port
+tls-cert-file $tls/server.pem
+tls-key-file $tls/redis.key
+tls-ca-cert-file $tls/ca.pem
+tls-auth-clients no
+tls-replication yes
+CONF
+}
+
 redis_data_conf() {
     # redis_data_conf BASE ADDRESS PORT [PRIMARY]: deploy/redis/BASE.conf (eviction,
     # persistence) plus TLS on ADDRESS:PORT, ACL users and, for a replica, its primary.
-    local base=$1 address=$2 port=$3 primary=${4:-} tls="$DATA_ROOT/tls"
+    local base=$1 address=$2 port=$3 primary=${4:-}
     if [ -f "$SRC/deploy/redis/$base.conf" ]; then
         cat "$SRC/deploy/redis/$base.conf"
     elif [ "$base" = cache ]; then
@@ -281,18 +298,9 @@ redis_data_conf() {
         printf '%s\n' "# The sessions: never evicts, append-only file." "daemonize no" "supervised no" 'logfile ""' \
             "maxmemory 256mb" "maxmemory-policy noeviction" "appendonly yes" "appendfsync everysec" 'save ""'
     fi
+    printf '\n# ROLE=data (deploy/install.sh): TLS only, on the private address.\n'
+    tls_listener "$address" "$port"
     cat <<CONF
-
-# ROLE=data (deploy/install.sh): TLS only, on the private address.
-bind $address
-protected-mode yes
-port 0
-tls-port $port
-tls-cert-file $tls/server.pem
-tls-key-file $tls/redis.key
-tls-ca-cert-file $tls/ca.pem
-tls-auth-clients no
-tls-replication yes
 dir $DATA_ROOT/redis/$base-$port
 # ACL users: the app, replication and the sentinels; no default user.
 user default off resetpass -@all
@@ -309,19 +317,13 @@ CONF
 
 sentinel_conf() {
     # sentinel_conf ADDRESS PORT: one of the three Sentinels of the sessions Redis.
-    local address=$1 port=$2 tls="$DATA_ROOT/tls"
+    local address=$1 port=$2
     cat <<CONF
 # Sentinel $address:$port for $REDIS_SESSIONS_SENTINEL_SERVICE, written by deploy/install.sh
 # (ROLE=data). Sentinel rewrites this file itself (known replicas, epochs).
-bind $address
-protected-mode yes
-port 0
-tls-port $port
-tls-cert-file $tls/server.pem
-tls-key-file $tls/redis.key
-tls-ca-cert-file $tls/ca.pem
-tls-auth-clients no
-tls-replication yes
+CONF
+    tls_listener "$address" "$port"
+    cat <<CONF
 daemonize no
 logfile ""
 dir $DATA_ROOT/redis/sentinel-$port
@@ -403,14 +405,7 @@ data_redis() {
         printf '\n[group:%s]\nprograms=%s\n' "$DATA_GROUP" "$(IFS=,; echo "${programs[*]}")" >>"$supervisor_new"
     fi
     start_supervisor
-    if cmp -s "$supervisor_new" "$DATA_SUPERVISOR_CONF"; then
-        rm -f "$supervisor_new"
-        say "$DATA_SUPERVISOR_CONF unchanged"
-    else
-        install -m 0644 -o root -g root "$supervisor_new" "$DATA_SUPERVISOR_CONF"
-        rm -f "$supervisor_new"
-        say "$DATA_SUPERVISOR_CONF written"
-    fi
+    install_supervisor_conf "$supervisor_new" "$DATA_SUPERVISOR_CONF"
     ctl reread | sed 's/^/    /'
     ctl update | sed 's/^/    /'
     for name in "${changed[@]}"; do
