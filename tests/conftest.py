@@ -189,6 +189,21 @@ def free_port():
     return bench.free_port()
 
 
+def pids_matching(predicate):
+    """PIDs of the processes (but this one) whose command line predicate(cmdline) accepts."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if predicate(cmdline):
+            found.append(int(entry.name))
+    return found
+
+
 def project_processes(project):
     """PIDs of processes that belong to a baked project: run from it or named after it."""
     project = str(project)

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import SHORT_DIRS, Stack, bake, free_port, require, run
+from conftest import SHORT_DIRS, Stack, bake, free_port, pids_matching, require, run
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -53,16 +53,7 @@ def psql(stack, sql):
 
 def postgres_pids(directory):
     """PIDs of postgres processes whose command line names `directory`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "postgres" in cmdline.split(" ")[0] and str(directory) in cmdline:
-                found.append(int(entry.name))
-    return found
+    return pids_matching(lambda cmdline: "postgres" in cmdline.split(" ")[0] and str(directory) in cmdline)
 
 
 def uid_of(pid):

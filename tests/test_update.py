@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEMPLATE, TOOLS, bake, load_hook, require, run, short_output_dir
+from conftest import TEMPLATE, TOOLS, bake, load_hook, pids_matching, require, run, short_output_dir
 from cruft_site import (
     OLD_COMMITS,
     OWNER_LINE,
@@ -328,16 +328,7 @@ def etc_files(slug):
 
 
 def pids_with(text):
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(int(entry.name))
-    return found
+    return pids_matching(lambda cmdline: text in cmdline)
 
 
 def test_deployed_site_updated_across_versions_keeps_sessions_and_leaves_nothing_old(tmp_path_factory):
