@@ -6,7 +6,6 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django_redis import get_redis_connection
-from redis.sentinel import MasterNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +23,11 @@ def _check_redis(alias):
 @never_cache
 def healthz(request):
     """200 when the database and both Redis stores answer, else 503 naming what failed."""
+    # Imported here, not at the top: runserver imports the URLconf in one
+    # thread while another runs the checks, and two threads importing redis-py
+    # at once can meet its circular imports half done (ImportError).
+    from redis.sentinel import MasterNotFoundError
+
     checks = {
         "database": _check_database,
         "cache": lambda: _check_redis("default"),
