@@ -66,7 +66,7 @@ def is_cruft_scratch_bake(context, project_dir, tmp_root=None):
 
     Two facts of cruft 2.16 together: it alone puts `_commit` in the context
     (plain cookiecutter puts `_output_dir` there instead), and for update/diff
-    it generates into a fresh tempfile.TemporaryDirectory() (`<tmp>/tmpXXXXXXXX/<slug>`,
+    it generates into a fresh tempfile.TemporaryDirectory() (`<tmp>/tmp<8 random characters>/<slug>`,
     nothing else in it), where `cruft create` generates into the directory the
     user gave. Those bakes are diffed and deleted: a .venv, a new secret or a
     Redis probe there is wasted time, and a secret there would enter the diff.

@@ -189,9 +189,8 @@ def free_port():
     return bench.free_port()
 
 
-def pids_matching(predicate):
-    """PIDs of the processes (but this one) whose command line predicate(cmdline) accepts."""
-    found = []
+def processes():
+    """(pid, command line, /proc entry) of every process but this one."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -199,25 +198,25 @@ def pids_matching(predicate):
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if predicate(cmdline):
-            found.append(int(entry.name))
-    return found
+        yield int(entry.name), cmdline, entry
+
+
+def pids_matching(predicate):
+    """PIDs of the processes (but this one) whose command line predicate(cmdline) accepts."""
+    return [pid for pid, cmdline, _ in processes() if predicate(cmdline)]
 
 
 def project_processes(project):
     """PIDs of processes that belong to a baked project: run from it or named after it."""
     project = str(project)
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid, cmdline, entry in processes():
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
         if project in cmdline or cwd == project or cwd.startswith(project + "/"):
-            found.append(int(entry.name))
+            found.append(pid)
     return found
 
 

@@ -25,6 +25,25 @@ has_systemd() { [ -d /run/systemd/system ]; }
 
 ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
 
+remove_supervisor_group() {
+    # remove_supervisor_group CONF GROUP (uninstall.sh): stop GROUP first
+    # (graceful: gunicorn finishes its requests, Redis saves), then let
+    # supervisor forget it.
+    if [ ! -f "$1" ]; then
+        say "no $1"
+        return
+    fi
+    rm -f "$1"
+    if ctl pid >/dev/null 2>&1; then
+        ctl stop "$2:*" 2>&1 | sed 's/^/    /' || true
+        ctl reread 2>&1 | sed 's/^/    /' || true
+        ctl update 2>&1 | sed 's/^/    /' || true
+    else
+        say "supervisord is not running: nothing to stop"
+    fi
+    say "removed $1"
+}
+
 nginx_user() {
     # The `user` of Debian's nginx.conf (www-data unless someone changed it).
     local user

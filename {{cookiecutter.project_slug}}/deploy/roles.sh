@@ -544,17 +544,7 @@ uninstall_data() {
     local version
     echo "uninstall.sh: ROLE=data for $SLUG in $DATA_ROOT, keep data: $KEEP_DATA"
     step "supervisor: stop and remove $DATA_GROUP:*"
-    if [ -f "$DATA_SUPERVISOR_CONF" ]; then
-        rm -f "$DATA_SUPERVISOR_CONF"
-        if ctl pid >/dev/null 2>&1; then
-            ctl stop "$DATA_GROUP:*" 2>&1 | sed 's/^/    /' || true
-            ctl reread 2>&1 | sed 's/^/    /' || true
-            ctl update 2>&1 | sed 's/^/    /' || true
-        fi
-        say "removed $DATA_SUPERVISOR_CONF"
-    else
-        say "no $DATA_SUPERVISOR_CONF"
-    fi
+    remove_supervisor_group "$DATA_SUPERVISOR_CONF" "$DATA_GROUP"
     step "PostgreSQL cluster $SLUG"
     version="$(postgres_version)"
     if [ -n "$version" ] && [ -d "/etc/postgresql/$version/$SLUG" ]; then

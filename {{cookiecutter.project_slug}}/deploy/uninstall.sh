@@ -57,21 +57,7 @@ fi
 echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA, purge data: $PURGE_DATA"
 
 step "supervisor: stop and remove $SLUG:*"
-if [ -f "$SUPERVISOR_CONF" ]; then
-    rm -f "$SUPERVISOR_CONF"
-    if ctl pid >/dev/null 2>&1; then
-        # Stop first (graceful: gunicorn finishes its requests, Redis saves),
-        # then let supervisor forget the group.
-        ctl stop "$SLUG:*" 2>&1 | sed 's/^/    /' || true
-        ctl reread 2>&1 | sed 's/^/    /' || true
-        ctl update 2>&1 | sed 's/^/    /' || true
-    else
-        say "supervisord is not running: nothing to stop"
-    fi
-    say "removed $SUPERVISOR_CONF"
-else
-    say "no $SUPERVISOR_CONF"
-fi
+remove_supervisor_group "$SUPERVISOR_CONF" "$SLUG"
 # Nothing of the app may outlive it: wait for its user's processes to end.
 if id -u "$APP_USER" >/dev/null 2>&1; then
     for _ in $(seq 100); do
