@@ -21,6 +21,7 @@ PACKAGES=(
     chromium
     libnss3-tools
     postgresql
+    debootstrap
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }
