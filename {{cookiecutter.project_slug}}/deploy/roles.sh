@@ -170,7 +170,7 @@ is_local_address() {
 data_preflight() {
     validate_role
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo ROLE=data deploy/install.sh"
-    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's PostgreSQL and supervisor layout (Debian 12 expected)."
+    check_release
     trap on_error ERR
     echo "install.sh: ROLE=data for $SLUG on $DATA_ADDRESS (files in $DATA_ROOT)"
 }
