@@ -82,6 +82,13 @@ pg_cluster() {
     pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2, $4; exit }'
 }
 
+pg_server_version() {
+    # The newest installed PostgreSQL server's major version (Debian 12: 15,
+    # Debian 13: 17); a directory with only the client programs does not count.
+    find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' 2>/dev/null |
+        awk -F/ '{ print $5 }' | sort -V | tail -n 1
+}
+
 pg_sql() {
     # pg_sql VERSION/NAME < SQL: psql as postgres on that cluster, in the
     # database postgres, unaligned tuples; :'slug', :"slug" and :'marker' quote.

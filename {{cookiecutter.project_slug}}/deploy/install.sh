@@ -219,7 +219,7 @@ step_postgresql() {
     apt_install postgresql
     read -r version name status <<<"$(pg_cluster)"
     [ -n "$version" ] ||
-        fail "no PostgreSQL cluster on port $PG_PORT (pg_lsclusters): the site connects to $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT. Create Debian's default cluster (pg_createcluster --start 15 main), then run install.sh again."
+        fail "no PostgreSQL cluster on port $PG_PORT (pg_lsclusters): the site connects to $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT. Create Debian's default cluster (pg_createcluster --start $(pg_server_version) main), then run install.sh again."
     cluster="$version/$name"
     # Only this cluster: others (other ports) are left as they are.
     if has_systemd; then systemctl enable --quiet postgresql; fi

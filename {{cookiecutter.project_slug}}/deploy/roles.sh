@@ -447,7 +447,13 @@ data_wait_redis() {
     done
 }
 
-postgres_version() { find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1; }
+postgres_version() {
+    # This site's cluster where one exists: after a Debian upgrade it stays on
+    # the old version (15) until pg_upgradecluster; else the newest server.
+    local existing
+    existing="$(pg_lsclusters -h 2>/dev/null | awk -v name="$SLUG" '$2 == name { print $1; exit }')"
+    echo "${existing:-$(pg_server_version)}"
+}
 
 data_postgres() {
     step "PostgreSQL: cluster '$SLUG' on $DATA_ADDRESS:$POSTGRES_PORT (TLS, scram-sha-256)" \
