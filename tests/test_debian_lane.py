@@ -28,6 +28,10 @@ def lane_suite():
     """The release the lane runs in: SOCKETSTACK_LANE_SUITE, else the other one."""
     chosen = os.environ.get("SOCKETSTACK_LANE_SUITE")
     if chosen:
+        if chosen not in debian_root.PYTHON:
+            raise pytest.UsageError(
+                f"SOCKETSTACK_LANE_SUITE={chosen!r} is not a release the lane knows: use bookworm or trixie"
+            )
         return chosen
     try:
         return debian_root.other_suite()
