@@ -27,7 +27,8 @@ API (kept stable; other tests build on it):
 The pristine root lives in /var/cache/socketstack-roots/<suite>-<key>, the key
 a hash of the suite, the mirror, the package list and BUILDER_VERSION: a new
 package list or builder gives a new root, and a half-built root never gets
-that name (it is built beside it, then renamed). Each Namespace works on its
+that name (it is built beside it, then renamed). Roots unused for 14 days are
+removed when a new one is built. Each Namespace works on its
 own copy: an overlayfs (lower: the pristine root, upper: the scratch
 directory) mounted inside the namespace's private mount namespace, or, where
 overlayfs does not work, `cp -a --reflink=auto`.
@@ -169,6 +170,7 @@ def build_root(suite, extra=()):
     packages = tuple(PACKAGES) + tuple(extra)
     final = ROOTS / f"{suite}-{root_key(suite, packages)}"
     if (final / ".socketstack-root").exists():
+        (final / ".socketstack-root").touch()  # in use: prune_roots keeps it
         return final
     with Locked(ROOTS / f".{final.name}.lock"):
         if (final / ".socketstack-root").exists():  # another run built it meanwhile
@@ -186,7 +188,17 @@ def build_root(suite, extra=()):
             building.rename(final)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+    prune_roots()
     return final
+
+
+def prune_roots(days=14):
+    """Remove cached roots unused for `days` (an older package list or builder
+    leaves its root behind, about 700 MB each)."""
+    for stamp in ROOTS.glob("*-*/.socketstack-root"):
+        if time.time() - stamp.stat().st_mtime > days * 86400:
+            with Locked(ROOTS / f".{stamp.parent.name}.lock"):
+                shutil.rmtree(stamp.parent, ignore_errors=True)
 
 
 def checked(command, timeout=1200, **kwargs):
