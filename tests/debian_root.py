@@ -12,7 +12,8 @@ API (kept stable; other tests build on it):
     unavailable() -> str | None                why a root cannot be built or run here, or None
     build_root(suite, extra=()) -> Path        the pristine root, cached (built once)
     wheelhouse(python, locks) -> Path          wheels for that Python from pip lock files, cached
-    Namespace(pristine, scratch, binds=None)   a disposable copy of a root, in its own
+    Namespace(pristine, scratch, binds=None, memory=None)
+                                               a disposable copy of a root, in its own
                                                network (loopback only), PID and mount namespaces
         .start() / .stop()                     (also a context manager); stop() kills every
                                                process of the namespace and unmounts everything
@@ -22,6 +23,7 @@ API (kept stable; other tests build on it):
         .copy_in(src, dest, owner=None)        a host file or directory into the root
         .path(inside) -> Path                  a path of the root as the host sees it
         .mode                                  "overlay" or "copy": how the copy was made
+        .copy_seconds, .stop_seconds           what making and removing the copy took
     USER = "dev"                               the normal user every root has (uid 1000)
 
 The pristine root lives in /var/cache/socketstack-roots/<suite>-<key>, the key
@@ -314,8 +316,14 @@ def wheelhouse(python, locks):
 # machine's `ip` (minbase has no iproute2), then becomes the reaper.
 INIT = r"""
 set -eu
-root=$1 mode=$2 lower=$3 upper=$4 work=$5 python=$6 binds=$7
+root=$1 mode=$2 lower=$3 upper=$4 work=$5 python=$6 binds=$7 memory=$8
 mount --make-rprivate /
+if [ -n "$memory" ]; then
+    # The overlay's writable half in memory: gone with the namespace.
+    mount -t tmpfs -o "size=$memory,mode=0755" changes "$upper"
+    mkdir "$upper/upper" "$upper/work"
+    work=$upper/work upper=$upper/upper
+fi
 if [ "$mode" = overlay ]; then
     mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
 fi
@@ -382,16 +390,23 @@ def overlay_works(scratch):
 class Namespace:
     """A disposable copy of a pristine root, running in its own network (loopback
     only), PID and mount namespaces. `binds` maps host directories to paths
-    inside the root, mounted read-only (a wheelhouse, for example)."""
+    inside the root, mounted read-only (a wheelhouse, for example).
 
-    def __init__(self, pristine, scratch, binds=None, mode=None):
+    memory="4g": the copy's changes live in a tmpfs of at most that size
+    inside the namespace (overlay mode only), not in `scratch`: nothing to
+    delete at stop(), which on a disk mounted with `discard` takes longer
+    than the tests (tens of seconds for a few venvs)."""
+
+    def __init__(self, pristine, scratch, binds=None, mode=None, memory=None):
         self.pristine = Path(pristine)
         self.scratch = Path(scratch)
         self.binds = dict(binds or {})
         self.mode = mode
+        self.memory = memory
         self.process = None
         self.pid = None
         self.copy_seconds = None
+        self.stop_seconds = None
 
     def __enter__(self):
         return self.start()
@@ -414,7 +429,8 @@ class Namespace:
         self.copy_seconds = time.monotonic() - started
         binds = "\n".join(f"{source}|{inside}" for inside, source in self.binds.items())
         command = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "bash", "-c", INIT, "init"]
-        command += [str(self.root), self.mode, str(self.pristine), str(upper), str(work), sys.executable, binds]
+        memory = self.memory if self.mode == "overlay" and self.memory else ""
+        command += [str(self.root), self.mode, str(self.pristine), str(upper), str(work), sys.executable, binds, memory]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -444,6 +460,7 @@ class Namespace:
         rest), which also drops its mounts; then remove the copy."""
         if self.process is None:
             return
+        started = time.monotonic()
         if self.process.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -454,9 +471,10 @@ class Namespace:
         self.process.stderr.close()
         self.process = None
         atexit.unregister(self.stop)
-        shutil.rmtree(self.scratch / "root", ignore_errors=True)
-        shutil.rmtree(self.scratch / "upper", ignore_errors=True)
-        shutil.rmtree(self.scratch / "work", ignore_errors=True)
+        killed = time.monotonic()
+        for name in ("root", "upper", "work"):
+            shutil.rmtree(self.scratch / name, ignore_errors=True)
+        self.stop_seconds = {"kill": killed - started, "remove": time.monotonic() - killed}
 
     def processes(self):
         """(pid as the machine sees it, command line) of every process in the namespace but PID 1."""
