@@ -123,7 +123,7 @@ def unavailable():
     """Why a root cannot be built or run here (one line), or None when it can."""
     if os.geteuid() != 0:
         return "the Debian lane needs root (debootstrap, chroot, namespaces): CI runs it as root"
-    for tool in ("debootstrap", "unshare", "nsenter", "chroot", "ip", "mount"):
+    for tool in ("debootstrap", "unshare", "nsenter", "chroot", "mount"):
         if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
             return f"{tool} is not installed (bootstrap.sh installs debootstrap with apt-get)"
     try:
@@ -312,8 +312,9 @@ def wheelhouse(python, locks):
 # Running -------------------------------------------------------------------------
 
 # PID 1 of the namespace: it sets up the root's mounts (the mount namespace is
-# private: nothing of this shows outside), brings loopback up with the
-# machine's `ip` (minbase has no iproute2), then becomes the reaper.
+# private: nothing of this shows outside), brings loopback up (with the
+# machine's `ip`, else the root's: PACKAGES has iproute2, minbase has not),
+# then becomes the reaper.
 INIT = r"""
 set -eu
 root=$1 mode=$2 lower=$3 upper=$4 work=$5 python=$6 binds=$7 memory=$8
@@ -350,7 +351,7 @@ while IFS='|' read -r source inside; do
     mount --bind -o ro "$source" "$root$inside"
     mount -o remount,bind,ro "$root$inside"
 done <<<"$binds"
-ip link set lo up
+if command -v ip >/dev/null; then ip link set lo up; else chroot "$root" ip link set lo up; fi
 exec "$python" -c "$REAPER" "$root"
 """
 
