@@ -133,8 +133,8 @@ def lane(baked, tmp_path_factory):
         locks += [project / "requirements.lock", project / "requirements-dev.lock"]
     with timed(f"wheelhouse (Python {PYTHON}): download or reuse"):
         house = debian_root.wheelhouse(PYTHON, locks)
-    # The changes in memory (about 2 GB by the end): removing them from disk
-    # took longer than some tests.
+    # The copy's changes in memory (printed at the end): removing them from
+    # disk took up to 48 s, longer than most tests.
     namespace = debian_root.Namespace(pristine, tmp_path_factory.mktemp("lane"), binds={WHEELS: house}, memory="6g")
     with timed("namespace start"):
         namespace.start()
@@ -146,12 +146,14 @@ def lane(baked, tmp_path_factory):
             namespace.copy_in(project, f"/root/git/{name}")
         yield namespace
     finally:
+        used = namespace.run(["df", "-m", "--output=used", "/"], check=False).stdout.split()[-1:]
         namespace.stop()
         TIMES["namespace stop: kill"] = namespace.stop_seconds["kill"]
         TIMES["namespace stop: remove the copy"] = namespace.stop_seconds["remove"]
         print(f"\nDebian lane ({SUITE}, Python {PYTHON}), seconds:")
         for label, seconds in TIMES.items():
             print(f"  {label:<60} {seconds:7.1f}")
+        print(f"  the copy's changes in memory at the end: {used} MB")
 
 
 def clone(lane, name, user=USER):
