@@ -670,13 +670,17 @@ start_stand_in() {
     # requests that find no listener while gunicorn restarts.
     local socket="$APP_ROOT/run/gunicorn-next.sock"
     rm -f "$socket"
+    # In the app root: the checkout install.sh runs from may be closed to the app user.
     setpriv --reuid="$APP_USER" --regid="$APP_USER" --init-groups \
-        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" GUNICORN_SOCKET_NAME=gunicorn-next \
+        env -i -C "$APP_ROOT" PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" GUNICORN_SOCKET_NAME=gunicorn-next \
         GUNICORN_SOCKET_GROUP="$WEB_GROUP" "$VENV_DIR/bin/python" -m gunicorn \
         --config "$APP_ROOT/deploy/gunicorn.conf.py" >>"$APP_ROOT/logs/gunicorn-next.log" 2>&1 &
     STAND_IN_PID=$!
-    HINT="the stand-in gunicorn on $VENV_DIR did not answer: see $APP_ROOT/logs/gunicorn-next.log."
-    wait_gunicorn_answers "$socket"
+    HINT="the stand-in gunicorn on $VENV_DIR did not answer: see $APP_ROOT/logs/gunicorn-next.log (its last lines are above)."
+    if ! wait_gunicorn_answers "$socket"; then
+        tail -n 15 "$APP_ROOT/logs/gunicorn-next.log" | sed 's/^/    | /'
+        false
+    fi
     say "stand-in gunicorn (pid $STAND_IN_PID) answers on run/gunicorn-next.sock while gunicorn restarts"
 }
 
