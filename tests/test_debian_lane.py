@@ -146,7 +146,7 @@ def lane(baked, tmp_path_factory):
             namespace.copy_in(project, f"/root/git/{name}")
         yield namespace
     finally:
-        used = namespace.run(["df", "-m", "--output=used", "/"], check=False).stdout.split()[-1:]
+        used = (namespace.run(["df", "-m", "--output=used", "/"], check=False).stdout.split() or ["?"])[-1]
         namespace.stop()
         TIMES["namespace stop: kill"] = namespace.stop_seconds["kill"]
         TIMES["namespace stop: remove the copy"] = namespace.stop_seconds["remove"]
