@@ -224,7 +224,7 @@ def test_make_venv_refuses_a_python_older_than_requires_python_before_making_any
         checkout.check_interpreter(sys.executable, tmp_path)
     found = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert str(refused.value).startswith(
-        f"make venv: PYTHON={sys.executable} is Python {found}, and this project needs >= 3.99"
+        f"make venv: PYTHON={sys.executable} is Python {found}, and this project needs Python >= 3.99"
     )
     with pytest.raises(checkout.CheckoutError, match=r"^make venv: PYTHON=/no/python does not run"):
         checkout.check_interpreter("/no/python", tmp_path)

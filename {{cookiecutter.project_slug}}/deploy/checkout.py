@@ -171,7 +171,7 @@ def check_interpreter(interpreter, root=ROOT):
         raise CheckoutError(f"make venv: PYTHON={interpreter} does not run: give a python{minimum} or newer.")
     if tuple(map(int, found.split("."))) < tuple(map(int, minimum.split("."))):
         raise CheckoutError(
-            f"make venv: PYTHON={interpreter} is Python {found}, and this project needs >= {minimum} "
+            f"make venv: PYTHON={interpreter} is Python {found}, and this project needs Python >= {minimum} "
             f"(requires-python in pyproject.toml): make venv PYTHON=python{minimum} (Debian 13's python3 is 3.13; "
             f"elsewhere `uv python install {minimum}` or pyenv)."
         )
