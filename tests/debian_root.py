@@ -282,29 +282,25 @@ def finish_root(target):
 
 
 def wheelhouse(python, locks):
-    """A directory with every wheel that the pip lock files `locks` pin, for
+    """A directory with every wheel that the lock files `locks` pin, for
     CPython `python` ("3.11", "3.13") on this machine's architecture.
 
-    Downloaded on the machine (the namespace has no network), every hash
-    checked by pip; a lock already downloaded (same content) is skipped. In
-    the root: PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>.
+    Each lock is a baked project's, and its own `make wheelhouse` code
+    (deploy/checkout.py wheelhouse, which judges the lock's markers for that
+    Python) downloads it on the machine (the namespace has no network), every
+    hash checked by pip; a lock already downloaded (same content) is skipped.
+    In the root: WHEELHOUSE=<dir> for install.sh, PIP_NO_INDEX=1
+    PIP_FIND_LINKS=<dir> for make venv.
     """
     house = WHEELS / python
     house.mkdir(parents=True, exist_ok=True)
-    machine = platform.machine()
-    platforms = [f"manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28", "_2_34")]
-    if machine == "x86_64":
-        platforms += ["manylinux1_x86_64", "manylinux2010_x86_64"]
     with Locked(WHEELS / f".{python}.lock"):
         for lock in map(Path, locks):
             stamp = house / f".lock-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
             if stamp.exists():
                 continue
-            command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
-            command += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-            command += [arg for p in platforms for arg in ("--platform", p)]
-            command += ["--require-hashes", "-r", str(lock), "-d", str(house)]
-            checked(command)
+            checkout = lock.parent / "deploy" / "checkout.py"
+            checked([sys.executable, checkout, "wheelhouse", house, python, platform.machine(), lock.name])
             stamp.touch()
     return house
 
