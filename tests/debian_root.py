@@ -62,7 +62,9 @@ BUILDER_VERSION = 2
 USER = "dev"
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # What the project needs on a server and for development (install.sh's
-# packages, PostgreSQL, make/git/sudo for a checkout), and what a test uses.
+# packages, PostgreSQL, make/git/sudo for a checkout), and what a test uses
+# (certbot, which install.sh installs for LETSENCRYPT_EMAIL, and Debian's pebble,
+# the ACME test server: test_debian_lane_roles.py).
 PACKAGES = (
     "nginx",
     "redis-server",
@@ -78,6 +80,8 @@ PACKAGES = (
     "git",
     "procps",
     "iproute2",
+    "certbot",
+    "pebble",
 )
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
