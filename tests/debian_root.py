@@ -62,7 +62,11 @@ BUILDER_VERSION = 2
 USER = "dev"
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # What the project needs on a server and for development (install.sh's
-# packages, PostgreSQL, make/git/sudo for a checkout), and what a test uses.
+# packages, PostgreSQL, make/git/sudo for a checkout), and what a test uses
+# (certbot, which install.sh installs for LETSENCRYPT_EMAIL, and Debian's pebble,
+# the ACME test server: test_debian_lane_roles.py), and systemd's package, which
+# every Debian server has and minbase lacks (PID 1 here is not systemd: the
+# tests see install.sh's no-systemd path all the same, by /run/systemd/system).
 PACKAGES = (
     "nginx",
     "redis-server",
@@ -78,6 +82,9 @@ PACKAGES = (
     "git",
     "procps",
     "iproute2",
+    "certbot",
+    "pebble",
+    "systemd",
 )
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
