@@ -967,8 +967,9 @@ step_letsencrypt() {
         return 0
     fi
     # The deploy hook runs after each renewal of this certificate (certbot keeps
-    # it in $renewal): it reloads nginx, nothing else.
-    hook="systemctl reload nginx 2>/dev/null || nginx -s reload"
+    # it in $renewal): it reloads nginx, nothing else. certbot refuses a hook
+    # whose first word is not on PATH, so it names only what this server has.
+    if has_systemd; then hook="systemctl reload nginx"; else hook="nginx -s reload"; fi
     log="$APP_ROOT/logs/certbot.log"
     say "certbot certonly --webroot for $DOMAIN at $ACME_SERVER"
     started="$EPOCHREALTIME"
