@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian 12 machine for this template, then do one thing:
+# Set up a fresh Debian 12 or 13 (bookworm or trixie) machine for this template, then do one thing:
 #   ./bootstrap.sh demo   bake a demo site into demo/ and bring its stack up
 #   ./bootstrap.sh test   run the template's test suite
 # It installs what is missing: Debian packages (with sudo unless root) and
@@ -21,6 +21,7 @@ PACKAGES=(
     chromium
     libnss3-tools
     postgresql
+    debootstrap
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }

@@ -120,22 +120,60 @@ def python_version(python):
     return int(major), int(minor)
 
 
+def version_tuple(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def python_candidates(min_python):
+    """python3 first (the system's: Debian 13's 3.13 runs every Django choice),
+    then python3.N from the newest down to min_python (pyenv, `uv python install`)."""
+    major, minor = version_tuple(min_python)
+    return ["python3", *(f"python{major}.{newer}" for newer in range(20, minor - 1, -1))]
+
+
+def usable_python(min_python, candidates=None):
+    """The first interpreter on PATH that runs and is >= min_python, or None.
+    The `python` prompt's default (local_extensions.py) and check_python's fix use it."""
+    need = version_tuple(min_python)
+    for name in candidates or python_candidates(min_python):
+        version = python_version(name)
+        if version and version >= need:
+            return name
+    return None
+
+
+def os_release(path="/etc/os-release"):
+    """'Debian 12', 'Debian 13', 'Ubuntu 24.04', or '' when the file says nothing."""
+    try:
+        fields = dict(line.split("=", 1) for line in open(path, encoding="utf-8").read().splitlines() if "=" in line)
+    except OSError:
+        return ""
+    name, version = (fields.get(key, "").strip('"') for key in ("ID", "VERSION_ID"))
+    return f"{name.capitalize()} {version}".strip()
+
+
 def check_python(python, django_version, min_python):
     """min_python ("3.10") is cookiecutter.json's __min_python, the one place
     that ties a Django version to the oldest Python it runs on."""
-    need = tuple(int(part) for part in min_python.split("."))
+    need = version_tuple(min_python)
     version = python_version(python)
     if version is None:
         raise InvalidAnswer(
             "python", python, "it does not run here; give the path of an installed interpreter", "</path/to/python3>"
         )
     if version < need:
+        where = os_release()
+        other = usable_python(min_python)
+        if other:
+            fix = f"answer python={other} (installed here)"
+        else:
+            fix = "install one (`uv python install 3.13`, or pyenv) and answer python=$(uv python find 3.13)"
         raise InvalidAnswer(
             "python",
             python,
-            f"it is Python {version[0]}.{version[1]}, Django {django_version} needs >= {need[0]}.{need[1]}; "
-            "give a newer interpreter or choose Django 5.2",
-            "</path/to/python3.12>",
+            f"it is Python {version[0]}.{version[1]}{f' here ({where})' if where else ''}, and Django {django_version} "
+            f"needs >= {min_python}: {fix}, or choose django_version=5.2",
+            "</path/to/python3.13>",
         )
     return python
 

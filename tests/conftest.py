@@ -21,6 +21,10 @@ from pytest_cookies.plugin import Cookies
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 TOOLS = Path(sys.executable).parent
+# cookiecutter.json's `_extensions` (local_extensions.py): cookiecutter puts the
+# template on sys.path while it renders, but pytest-cookies renders the context
+# once before calling it.
+sys.path.append(str(TEMPLATE))
 OPTIONS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 # The matrix: every list option with each of its values, every boolean both
 # ways. The other answers are free text, checked by the pre-gen hook.

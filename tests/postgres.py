@@ -1,5 +1,7 @@
 """Helpers for the PostgreSQL tests (database=postgresql): a running stack, psql
-against it, and throwaway clusters of Debian's PostgreSQL 15.
+against it, and throwaway clusters of Debian's PostgreSQL, whichever major
+version is installed (15 on Debian 12, 17 on Debian 13): the template's own
+deploy/local_stack.py finds it (postgres_bindir), as `make up` does.
 
 PostgreSQL refuses to run as root. The tests run as root (as CI does), so a
 throwaway cluster runs as `nobody`, like the stack's own does when root owns
@@ -13,15 +15,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import SHORT_DIRS, Stack, bake, free_port, pids_matching, require, run
+import pytest
+from conftest import SHORT_DIRS, TEMPLATE, Stack, bake, free_port, pids_matching, project_module, require, run
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+LOCAL_STACK = project_module(TEMPLATE / "{{cookiecutter.project_slug}}", "deploy/local_stack.py")
 
 
 def require_postgres():
-    if not (PG_BIN / "postgres").exists():
-        require(str(PG_BIN / "postgres"))  # fails under CI, skips elsewhere
-    return PG_BIN
+    """The bin directory of the newest PostgreSQL installed: a failure in CI, a skip on a laptop."""
+    try:
+        return LOCAL_STACK.postgres_bindir()
+    except LOCAL_STACK.StackError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def postgres_major():
+    """The major version in Debian's cluster paths (/etc/postgresql/<major>/<name>): 15, 17."""
+    return require_postgres().parent.name
 
 
 def open_to_others(project):
@@ -37,6 +49,7 @@ def start_pg_stack(cookies, **choices):
     project = bake(cookies, venv=True, local_port=str(free_port()), database="postgresql", **choices)
     open_to_others(project)
     stack = Stack(project)
+    stack.bin = require_postgres()
     stack.make("up")
     return stack
 
@@ -44,8 +57,8 @@ def start_pg_stack(cookies, **choices):
 def psql(stack, sql):
     """One query on the stack's database over its socket, as the project's role; rows as text."""
     result = run(
-        [PG_BIN / "psql", "-X", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug, "-d", stack.slug,
-         "-c", sql],
+        [require_postgres() / "psql", "-X", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug,
+         "-d", stack.slug, "-c", sql],
         stack.project,
     )  # fmt: skip
     return result.stdout.strip()
@@ -64,12 +77,12 @@ def uid_of(pid):
 
 
 class Cluster:
-    """A throwaway PostgreSQL 15 cluster on a unix socket in a short directory (trust
-    there), and on TCP when `tcp_port` is given. As root it runs as nobody. initdb
+    """A throwaway cluster of the newest PostgreSQL installed, on a unix socket in a
+    short directory (trust there), and on TCP when `tcp_port` is given. As root it runs as nobody. initdb
     runs here; start() starts it, after a test has added its files or hba lines."""
 
     def __init__(self, tcp_port=None, listen="127.0.0.1"):
-        require_postgres()
+        self.bin = require_postgres()
         self.dir = Path(tempfile.mkdtemp(prefix="sst-pg-", dir="/tmp"))
         SHORT_DIRS.append(self.dir)
         self.dir.chmod(0o755)
@@ -81,7 +94,7 @@ class Cluster:
             path.mkdir(mode=0o700)
             self.own(path)
         self.user = "postgres"
-        self.as_account([PG_BIN / "initdb", "-D", self.data, "-U", self.user, "--auth-local=trust",
+        self.as_account([self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth-local=trust",
                          "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])  # fmt: skip
 
     def own(self, path, mode=None):
@@ -93,7 +106,7 @@ class Cluster:
     def start(self, *options):
         listen = f"listen_addresses='{self.listen}' -c port={self.tcp_port}" if self.tcp_port else "listen_addresses=''"
         extra = " ".join(f"-c {option}" for option in options)
-        self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w", "-o",
+        self.as_account([self.bin / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w", "-o",
                          f"-c {listen} -c unix_socket_directories={self.socket_dir} {extra}", "start"])  # fmt: skip
         return self
 
@@ -105,13 +118,13 @@ class Cluster:
 
     def psql(self, sql, database="postgres"):
         return run(
-            [PG_BIN / "psql", "-X", "-At", "-h", self.socket_dir, "-p", str(self.tcp_port or 5432), "-U", self.user,
+            [self.bin / "psql", "-X", "-At", "-h", self.socket_dir, "-p", str(self.tcp_port or 5432), "-U", self.user,
              "-d", database, "-c", sql],
             self.dir,
         ).stdout.strip()  # fmt: skip
 
     def stop(self):
-        self.as_account([PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"])
+        self.as_account([self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"])
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

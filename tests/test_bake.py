@@ -315,3 +315,20 @@ def test_renderer_fills_every_placeholder_or_names_the_missing_one(cookies):
     assert "programs=renderer-redis-cache,renderer-redis-sessions,renderer-gunicorn" in programs
     assert programs.count("user=renderer\n") == 3
     assert programs.count("--unixsocketperm 700") == 2
+
+
+def test_renderer_spells_http2_for_the_nginx_it_serves(cookies):
+    # Debian 12's nginx 1.22 knows only `listen ... ssl http2`; Debian 13's 1.26
+    # warns on it and wants `http2 on;`. The files say `http2 on;`.
+    project = bake(cookies, project_name="listen forms")
+    render = project_module(project, "deploy/render.py")
+    for name in ("site.conf", "default.conf"):
+        text = (project / "deploy" / "nginx" / name).read_text()
+        values = dict.fromkeys(render.PLACEHOLDER.findall(text), "x")
+        new, old = (
+            re.sub(r"#.*", "", render.fill_in(text, values, ipv6=True, nginx=version))
+            for version in ((1, 26, 3), (1, 22, 1))
+        )
+        assert new.count("http2 on;") == 1 and " http2" not in new.replace("http2 on;", ""), name
+        assert "http2 on;" not in old and old.count("ssl http2") == 2, name
+        assert re.findall(r"listen \S+ ssl http2( default_server)?;", old), name

@@ -2,7 +2,7 @@
 with TLS, the system supervisor running gunicorn and Redis as the app user,
 then deploy/uninstall.sh.
 
-The server tests need root (CI runs as root on a fresh Debian 12); elsewhere
+The server tests need root (CI runs as root on a fresh Debian 12 or 13); elsewhere
 they are skipped. They reach the site through 127.0.0.1 only, with curl's
 --resolve for the test domain, and check the self-signed certificate that
 install.sh made. Daemons that the tests start (nginx, supervisord) are stopped

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import bake, commit_and_clone, project_processes, require, run
+from postgres import postgres_major
 from test_deploy import (
     INSTALL_ENV_DROP,
     Server,
@@ -101,7 +102,7 @@ def data_pids():
         capture_output=True, text=True,
     ).stdout  # fmt: skip
     pids = dict(re.findall(r"^\S+:(\S+)\s+RUNNING\s+pid (\d+)", status, re.M))
-    pids["postgres"] = Path(f"/var/run/postgresql/15-{SLUG}.pid").read_text().strip()
+    pids["postgres"] = Path(f"/var/run/postgresql/{postgres_major()}-{SLUG}.pid").read_text().strip()
     return pids
 
 
@@ -235,7 +236,7 @@ def test_data_postgres_over_tls_with_scram(hosts):
     # A cluster of its own: Debian's default one is as it was.
     main_before = [line.split() for line in data.clusters_before.splitlines() if " main " in line]
     assert [line.split() for line in postgres_clusters().splitlines() if " main " in line] == main_before
-    assert re.search(rf"^15\s+{SLUG}\s+{POSTGRES_PORT}\s+online", postgres_clusters(), re.M)
+    assert re.search(rf"^{postgres_major()}\s+{SLUG}\s+{POSTGRES_PORT}\s+online", postgres_clusters(), re.M)
 
 
 def test_data_secrets_written_once_and_lines_printed(hosts):
@@ -325,7 +326,7 @@ def test_uninstall_each_role_leaves_nothing(hosts):
     run([project / "deploy" / "uninstall.sh", "--keep-data"], project, env=clean_env(ROLE="data"), timeout=300)
     assert (DATA_ROOT / "secrets.env").read_bytes() == secrets and (DATA_ROOT / "tls" / "ca.key").exists()
     assert list((DATA_ROOT / "redis" / f"sessions-{SESSIONS_PORT}").rglob("*.aof"))
-    assert re.search(rf"^15\s+{SLUG}\s+{POSTGRES_PORT}\s+down", postgres_clusters(), re.M)
+    assert re.search(rf"^{postgres_major()}\s+{SLUG}\s+{POSTGRES_PORT}\s+down", postgres_clusters(), re.M)
     assert not Path(f"/etc/supervisor/conf.d/{SLUG}-data.conf").exists()
     assert "PONG" not in redis_cli(ADDRESS, SESSIONS_PORT, "ping")
     result = run([project / "deploy" / "uninstall.sh"], project, env=clean_env(ROLE="data"), timeout=300)
@@ -333,10 +334,11 @@ def test_uninstall_each_role_leaves_nothing(hosts):
     assert not DATA_ROOT.exists()
     assert not Path(f"/etc/supervisor/conf.d/{SLUG}-data.conf").exists()
     assert f" {SLUG} " not in postgres_clusters()
+    major = postgres_major()
     for path in (
-        f"/etc/postgresql/15/{SLUG}",
-        f"/var/lib/postgresql/15/{SLUG}",
-        f"/var/log/postgresql/postgresql-15-{SLUG}.log",
+        f"/etc/postgresql/{major}/{SLUG}",
+        f"/var/lib/postgresql/{major}/{SLUG}",
+        f"/var/log/postgresql/postgresql-{major}-{SLUG}.log",
     ):
         assert not Path(path).exists(), path
     assert project_processes(DATA_ROOT) == [] and project_processes(app.app_root) == []

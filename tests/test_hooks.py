@@ -1,6 +1,8 @@
 """Unit tests of the hook functions, imported straight from hooks/."""
 
 import ast
+import importlib.util
+import json
 import shutil
 import socket
 import subprocess
@@ -60,6 +62,77 @@ def test_python_version_of_this_interpreter():
     assert pre.python_version(sys.executable) == sys.version_info[:2]
     assert pre.python_version("/nonexistent/python") is None
     assert pre.check_python(sys.executable, "5.2", "3.10") == sys.executable
+
+
+def fake_pythons(directory, versions):
+    """Interpreters that only answer python_version's question: {"python3": "3 11"}."""
+    directory.mkdir(exist_ok=True)
+    for name, answer in versions.items():
+        (directory / name).write_text(f"#!/bin/sh\necho {answer}\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def test_usable_python_prefers_python3_then_the_newest_that_fits(tmp_path, monkeypatch):
+    assert pre.python_candidates("3.12")[:2] == ["python3", "python3.20"]
+    assert pre.python_candidates("3.12")[-1] == "python3.12" and "python3.11" not in pre.python_candidates("3.12")
+    # Debian 13: python3 is 3.13, and it serves both Django choices.
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "trixie", {"python3": "3 13"})))
+    assert pre.usable_python("3.12") == "python3" and pre.usable_python("3.10") == "python3"
+    # Debian 12 with a newer interpreter from pyenv or uv: that one for 6.1, python3 for 5.2.
+    bookworm_plus = {"python3": "3 11", "python3.12": "3 12", "python3.13": "3 13"}
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "bookworm-plus", bookworm_plus)))
+    assert pre.usable_python("3.12") == "python3.13" and pre.usable_python("3.10") == "python3"
+    # Debian 12 alone: nothing fits 6.1.
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "bookworm", {"python3": "3 11"})))
+    assert pre.usable_python("3.12") is None
+
+
+def test_python_too_old_says_which_one_fits_or_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(pre, "os_release", lambda: "Debian 12")
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "bookworm", {"python3": "3 11"})))
+    with pytest.raises(pre.InvalidAnswer) as refused:
+        pre.check_python("python3", "6.1", "3.12")
+    assert str(refused.value) == (
+        "python: 'python3' is not valid: it is Python 3.11 here (Debian 12), and Django 6.1 needs >= 3.12: "
+        "install one (`uv python install 3.13`, or pyenv) and answer python=$(uv python find 3.13), "
+        "or choose django_version=5.2"
+    )
+    fake_pythons(tmp_path / "bookworm", {"python3.12": "3 12"})
+    with pytest.raises(pre.InvalidAnswer, match=r"needs >= 3\.12: answer python=python3\.12 \(installed here\), or"):
+        pre.check_python("python3", "6.1", "3.12")
+    assert pre.check_python("python3.12", "6.1", "3.12") == "python3.12"
+
+
+def test_os_release_names_the_release(tmp_path):
+    release = tmp_path / "os-release"
+    release.write_text(
+        'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\nID=debian\n'
+    )
+    assert pre.os_release(release) == "Debian 13"
+    assert pre.os_release(tmp_path / "missing") == ""
+
+
+def test_python_default_follows_what_is_installed(tmp_path, monkeypatch):
+    """cookiecutter.json's `python` default, rendered through local_extensions.py as cookiecutter does."""
+    import jinja2
+
+    spec = importlib.util.spec_from_file_location("local_extensions", TEMPLATE / "local_extensions.py")
+    extensions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extensions)
+    default = json.loads((TEMPLATE / "cookiecutter.json").read_text())["python"]
+    environment = jinja2.Environment(extensions=[extensions.default_python])
+
+    def rendered(min_python):
+        return environment.from_string(default).render(cookiecutter={"__min_python": min_python})
+
+    bookworm_plus = {"python3": "3 11", "python3.13": "3 13"}
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "bookworm-plus", bookworm_plus)))
+    assert (rendered("3.10"), rendered("3.12")) == ("python3", "python3.13")
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "trixie", {"python3": "3 13"})))
+    assert (rendered("3.10"), rendered("3.12")) == ("python3", "python3")
+    monkeypatch.setenv("PATH", str(fake_pythons(tmp_path / "bookworm", {"python3": "3 11"})))
+    assert rendered("3.12") == "python3"  # nothing fits: the hook then says what to install
 
 
 def test_message_names_field_value_and_rule():
@@ -224,10 +297,13 @@ def test_hooks_keep_jinja_inside_string_literals():
         assert source.count("{{ cookiecutter") == sum(text.count("{{ cookiecutter") for text in literals)
 
 
+CODE = ("hooks", "tests", "tools", "local_extensions.py")
+
+
 def test_template_code_is_ruff_clean():
     """The hooks and these tests follow the same rules as the generated code."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    for command in ([ruff, "check", "hooks", "tests", "tools"], [ruff, "format", "--check", "hooks", "tests", "tools"]):
+    for command in ([ruff, "check", *CODE], [ruff, "format", "--check", *CODE]):
         result = subprocess.run(command, cwd=Path(__file__).parent.parent, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 

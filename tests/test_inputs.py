@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TEMPLATE, load_hook
+from conftest import TEMPLATE, load_hook, python_for
 
 BAD_ANSWERS = [
     ("project_slug", "My-Site"),
@@ -31,7 +31,8 @@ BAD_ANSWERS = [
 ]
 
 
-def cookiecutter(tmp_path, *answers):
+def cookiecutter(tmp_path, *answers, path="/usr/bin:/bin"):
+    tmp_path.mkdir(exist_ok=True)
     config = tmp_path / "config.yaml"
     config.write_text(f"replay_dir: {tmp_path / 'replay'}\ncookiecutters_dir: {tmp_path / 'cc'}\n")
     out = tmp_path / "out"
@@ -41,7 +42,7 @@ def cookiecutter(tmp_path, *answers):
         [*command, str(TEMPLATE), *answers],
         capture_output=True,
         text=True,
-        env={"SOCKETSTACK_SKIP_VENV": "1", "SOCKETSTACK_SKIP_REDIS_CHECK": "1", "PATH": "/usr/bin:/bin"},
+        env={"SOCKETSTACK_SKIP_VENV": "1", "SOCKETSTACK_SKIP_REDIS_CHECK": "1", "PATH": path},
         timeout=120,
     )
     return result, out
@@ -64,6 +65,33 @@ def test_python_too_old_for_django_6(tmp_path):
     assert result.returncode != 0
     assert first_line.startswith("ERROR: python:") and "needs >= 3.12" in first_line, first_line
     assert list(out.iterdir()) == []
+
+
+def test_python_default_follows_what_is_installed(tmp_path):
+    """Django 6.1 and no `python` answer: Debian's python3 when it is new enough
+    (Debian 13), else a newer python3.N on PATH; with neither (Debian 12 alone)
+    the hook's first line says what to install."""
+    system = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                            capture_output=True, text=True, check=True).stdout.strip() == "True"  # fmt: skip
+    result, out = cookiecutter(tmp_path / "system", "django_version=6.1")
+    if system:
+        assert result.returncode == 0, result.stderr
+        assert "PYTHON ?= python3\n" in (out / "my_site" / "Makefile").read_text()
+    else:
+        first_line = next(line for line in result.stderr.splitlines() if line.strip())
+        assert first_line.startswith("ERROR: python: 'python3' is not valid: it is Python 3."), first_line
+        assert "needs >= 3.12: install one (`uv python install 3.13`" in first_line, first_line
+        assert "or choose django_version=5.2" in first_line and list(out.iterdir()) == []
+    newer = python_for("6.1")
+    if newer is None:
+        pytest.skip("no Python >= 3.12 here")
+    name = subprocess.run([newer, "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / name).symlink_to(newer)
+    result, out = cookiecutter(tmp_path / "newer", "django_version=6.1", path=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert f"PYTHON ?= {'python3' if system else name}\n" in (out / "my_site" / "Makefile").read_text()
 
 
 def test_good_answers_bake(tmp_path):

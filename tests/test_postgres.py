@@ -1,5 +1,6 @@
-"""database=postgresql: the local stack's own PostgreSQL 15 under supervisord,
-on a unix socket in run/postgres/, and what happens when it stops.
+"""database=postgresql: the local stack's own PostgreSQL (the newest major version
+installed) under supervisord, on a unix socket in run/postgres/, and what
+happens when it stops.
 
 Real processes only: the baked project's `make up` (redis-server x2,
 gunicorn, nginx, postgres under supervisord), psql over the same socket and
@@ -29,7 +30,7 @@ from conftest import (
     short_output_dir,
     stop_stack,
 )
-from postgres import PG_BIN, Cluster, open_to_others, postgres_pids, psql, start_pg_stack, uid_of, wait_for
+from postgres import LOCAL_STACK, Cluster, open_to_others, postgres_pids, psql, start_pg_stack, uid_of, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -85,7 +86,7 @@ def test_login_lives_in_postgres_and_survives_down_and_up(pg_stack):
     assert socket_dir.stat().st_mode & 0o777 == 0o700
     if os.geteuid() == 0:
         # trust, but on a socket only the cluster's account (and root) can reach.
-        other = run(["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", PG_BIN / "psql", "-X",
+        other = run(["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", stack.bin / "psql", "-X",
                      "-h", socket_dir, "-U", stack.slug, "-d", stack.slug, "-c", "SELECT 1"], stack.project,
                     check=False)  # fmt: skip
         assert other.returncode != 0 and "Permission denied" in other.stderr, other.stderr
@@ -175,7 +176,7 @@ def test_worker_killed_mid_transaction_loses_no_committed_row(pg_stack):
     for name in committed:
         assert add_group(stack, session, name).status_code == 302
     locker = subprocess.Popen(
-        [PG_BIN / "psql", "-X", "-q", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug,
+        [stack.bin / "psql", "-X", "-q", "-At", "-h", stack.project / "run" / "postgres", "-U", stack.slug,
          "-d", stack.slug],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -218,8 +219,8 @@ def test_make_backup_restores_into_a_fresh_cluster(pg_stack):
     cluster = Cluster().start()
     try:
         cluster.psql("CREATE DATABASE restored")
-        run([PG_BIN / "pg_restore", "--no-owner", "-h", cluster.socket_dir, "-U", cluster.user, "-d", "restored", dump],
-            cluster.dir)  # fmt: skip
+        restore = [cluster.bin / "pg_restore", "--no-owner", "-h", cluster.socket_dir, "-U", cluster.user]
+        run([*restore, "-d", "restored", dump], cluster.dir)
         assert cluster.psql("SELECT username FROM auth_user WHERE is_superuser", "restored") == "admin"
     finally:
         cluster.stop()
@@ -249,6 +250,70 @@ def test_make_up_names_the_directory_postgres_cannot_enter(cookies):
     assert "PostgreSQL runs as nobody" in first and f"cannot enter {project.parent}: `chmod o+x" in first, first
     assert Stack(project).processes() == []
     assert not (project / "var" / "postgres").exists()
+
+
+# Which PostgreSQL: whatever major version is installed -----------------------------
+
+
+def fake_postgresql(root, programs):
+    """A stand-in for /usr/lib/postgresql: {"17": ["postgres", "psql"]} makes 17/bin/postgres and 17/bin/psql."""
+    for version, names in programs.items():
+        (root / version / "bin").mkdir(parents=True)
+        for name in names:
+            (root / version / "bin" / name).touch(mode=0o755)
+    return root
+
+
+def test_postgres_bindir_takes_the_newest_server_installed(tmp_path, monkeypatch):
+    """17 installed and 15 not (Debian 13), 9.6 sorted as a version, a client-only 18 skipped."""
+    monkeypatch.delenv("PG_BINDIR", raising=False)
+    find = LOCAL_STACK.postgres_bindir
+    root = fake_postgresql(tmp_path / "a", {"17": ["postgres", "pg_dump"]})
+    assert find(root=root) == root / "17" / "bin"
+    root = fake_postgresql(tmp_path / "b", {"9.6": ["postgres"], "16": ["postgres"], "18": ["psql", "pg_dump"]})
+    assert find(root=root) == root / "16" / "bin"
+    assert find("pg_dump", root=root) == root / "18" / "bin"  # make backup needs only the client
+
+
+def test_postgres_bindir_keeps_the_version_that_made_the_cluster(tmp_path, monkeypatch):
+    """After an upgrade from Debian 12, var/postgres is still a 15 cluster: 17's postgres cannot open it."""
+    monkeypatch.delenv("PG_BINDIR", raising=False)
+    find = LOCAL_STACK.postgres_bindir
+    data = tmp_path / "var" / "postgres"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    both = fake_postgresql(tmp_path / "both", {"15": ["postgres"], "17": ["postgres"]})
+    assert find(data=data, root=both) == both / "15" / "bin"
+    only_17 = fake_postgresql(tmp_path / "new", {"17": ["postgres"]})
+    with pytest.raises(LOCAL_STACK.StackError) as refused:
+        find(data=data, root=only_17)
+    message = str(refused.value)
+    assert "\n" not in message and "PostgreSQL 15 cluster" in message and "(installed: 17)" in message, message
+    assert "sudo apt-get install postgresql-15" in message and f"move {data} away" in message, message
+
+
+def test_postgres_bindir_says_what_to_install_or_takes_pg_bindir(tmp_path, monkeypatch):
+    monkeypatch.delenv("PG_BINDIR", raising=False)
+    find = LOCAL_STACK.postgres_bindir
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(LOCAL_STACK.StackError) as refused:
+        find(root=empty)
+    assert str(refused.value) == (
+        f"PostgreSQL is not installed (no {empty}/*/bin/postgres): sudo apt-get install postgresql, "
+        "or set PG_BINDIR to the directory of its programs."
+    )
+    elsewhere = fake_postgresql(tmp_path / "opt", {"16": ["postgres"]}) / "16" / "bin"
+    monkeypatch.setenv("PG_BINDIR", str(elsewhere))
+    assert find(root=empty) == elsewhere
+    monkeypatch.setenv("PG_BINDIR", str(tmp_path))
+    with pytest.raises(LOCAL_STACK.StackError, match=f"^PG_BINDIR={tmp_path} has no postgres: unset it"):
+        find(root=empty)
+
+
+def test_stack_cluster_is_the_newest_postgresql_installed(pg_stack):
+    """`make up`'s initdb used the version postgres_bindir finds, whatever it is here (15, 16, 17)."""
+    assert (pg_stack.project / "var" / "postgres" / "PG_VERSION").read_text().strip() == pg_stack.bin.parent.name
 
 
 # As a normal user, and a remote database ---------------------------------------------

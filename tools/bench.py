@@ -642,8 +642,8 @@ def bench_redis_ping():
 
 
 # PostgreSQL (--postgres) ---------------------------------------------------------
-# A throwaway PostgreSQL 15 cluster (the project's own initdb and account
-# helpers from deploy/local_stack.py: as root it runs as an unprivileged
+# A throwaway cluster of the newest PostgreSQL installed (the project's own initdb, account
+# and bin-directory helpers from deploy/local_stack.py: as root it runs as an unprivileged
 # account) on a unix socket in run/ and on 127.0.0.1 at once, and SQLite WAL
 # as the project ships it, each migrated once. Needs a bake with
 # database=postgresql (--postgres bakes one) and psycopg-pool for the pool row.
@@ -652,7 +652,7 @@ PG_DB = "bench"
 
 def start_postgres():
     """(process, socket dir, tcp port) of a throwaway cluster in var/bench/postgres."""
-    pg_bin = local_stack.PG_BIN
+    pg_bin = local_stack.postgres_bindir()
     data, socket_dir, port = WORK / "postgres", RUN / "bench-postgres", free_port()
     shutil.rmtree(data, ignore_errors=True)
     account = local_stack.cluster_account()

@@ -278,10 +278,47 @@ def wait_healthy(port, timeout=None):
 # (no TCP), `trust` on that socket, whose directory only the cluster's account
 # (and root) can enter. supervisord runs it (deploy/supervisor/local.conf)
 # through `local_stack.py postgres`, which picks the account.
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_ROOT = Path("/usr/lib/postgresql")
 PG_DATA = ROOT / "var" / "postgres"
 PG_RUN = ROOT / "run" / "postgres"
 BACKUPS = ROOT / "var" / "backups"
+
+
+def postgres_version(bindir):
+    """(15,) for /usr/lib/postgresql/15/bin; () for a name that is no version."""
+    name = bindir.parent.name
+    return tuple(int(part) for part in name.split(".")) if name.replace(".", "").isdigit() else ()
+
+
+def postgres_bindir(program="postgres", data=None, root=PG_ROOT):
+    """The directory of Debian's PostgreSQL programs, whatever the major version
+    (15 on Debian 12, 17 on Debian 13, 16 on Ubuntu 24.04 in CI): $PG_BINDIR when
+    set, else the version that made the cluster in `data`, else the newest one
+    with `program` installed. Not `pg_config --bindir`: it names the newest
+    client (or libpq-dev's version), which may have no server beside it."""
+    if os.environ.get("PG_BINDIR"):
+        bindir = Path(os.environ["PG_BINDIR"])
+        if not (bindir / program).exists():
+            raise StackError(f"PG_BINDIR={bindir} has no {program}: unset it, or name a directory that has.")
+        return bindir
+    installed = sorted((path.parent for path in root.glob(f"*/bin/{program}")), key=postgres_version)
+    made_by = data / "PG_VERSION" if data else None
+    if made_by and made_by.exists():
+        version = made_by.read_text().strip()
+        if (root / version / "bin" / program).exists():
+            return root / version / "bin"
+        others = ", ".join(path.parent.name for path in installed) or "none"
+        raise StackError(
+            f"{data} is a PostgreSQL {version} cluster and {root / version / 'bin' / program} is missing "
+            f"(installed: {others}): sudo apt-get install postgresql-{version}, or move {data} away "
+            "and `make up` makes a new, empty cluster."
+        )
+    if not installed:
+        raise StackError(
+            f"PostgreSQL is not installed (no {root}/*/bin/{program}): sudo apt-get install postgresql, "
+            "or set PG_BINDIR to the directory of its programs."
+        )
+    return installed[-1]
 
 
 def local_database_url():
@@ -349,8 +386,7 @@ def own_dir(path, account):
 
 def ensure_cluster():
     """initdb on the first `make up`: role and database named after the project."""
-    if not (PG_BIN / "postgres").exists():
-        raise StackError(f"{PG_BIN}/postgres is missing: sudo apt-get install postgresql (Debian 12's is 15).")
+    bindir = postgres_bindir(data=PG_DATA)
     account = cluster_account()
     blocked = unreachable_parent(account)
     if blocked:
@@ -362,10 +398,10 @@ def ensure_cluster():
     if (PG_DATA / "PG_VERSION").exists():
         return False
     own_dir(PG_DATA, account)
-    initdb = [PG_BIN / "initdb", "-D", PG_DATA, "-U", SLUG, "--auth-local=trust", "--auth-host=reject", "-E", "UTF8",
+    initdb = [bindir / "initdb", "-D", PG_DATA, "-U", SLUG, "--auth-local=trust", "--auth-host=reject", "-E", "UTF8",
               "--locale=C.UTF-8"]  # fmt: skip
     # The project's database, made in single-user mode: nothing listens yet.
-    single = [PG_BIN / "postgres", "--single", "-D", PG_DATA, "postgres"]
+    single = [bindir / "postgres", "--single", "-D", PG_DATA, "postgres"]
     for command, stdin in ((initdb, None), (single, f"CREATE DATABASE {SLUG};\n")):
         done = subprocess.run(as_cluster_account(command), input=stdin, capture_output=True, text=True)
         if done.returncode != 0:
@@ -376,7 +412,8 @@ def ensure_cluster():
 
 def postgres_command():
     return [
-        PG_BIN / "postgres", "-D", PG_DATA, "-c", "listen_addresses=", "-c", f"unix_socket_directories={PG_RUN}",
+        postgres_bindir(data=PG_DATA) / "postgres", "-D", PG_DATA, "-c", "listen_addresses=",
+        "-c", f"unix_socket_directories={PG_RUN}",
         "-c", "unix_socket_permissions=0700",
     ]  # fmt: skip
 
@@ -392,9 +429,10 @@ def run_postgres():
 
 
 def wait_postgres(timeout=30):
+    pg_isready = postgres_bindir(data=PG_DATA) / "pg_isready"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready = subprocess.run([PG_BIN / "pg_isready", "-q", "-h", PG_RUN, "-U", SLUG, "-d", SLUG])
+        ready = subprocess.run([pg_isready, "-q", "-h", PG_RUN, "-U", SLUG, "-d", SLUG])
         if ready.returncode == 0:
             return
         time.sleep(0.2)
@@ -427,7 +465,8 @@ def backup():
     else:
         target = BACKUPS / f"{SLUG}-{stamp}.dump"
         # A libpq URL as it is: postgres:///name?host=/socket/dir, TLS options and all.
-        subprocess.run([PG_BIN / "pg_dump", "--format=custom", f"--file={target}", f"--dbname={url}"], check=True)
+        pg_dump = postgres_bindir("pg_dump") / "pg_dump"
+        subprocess.run([pg_dump, "--format=custom", f"--file={target}", f"--dbname={url}"], check=True)
     print(target)
 
 

@@ -12,8 +12,11 @@ system's python3 (standard library only, so no virtualenv is needed):
                                                    (--without-redis: an app host, ROLE=app)
 """
 
+import functools
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,8 +32,36 @@ def has_ipv6():
     return os.path.exists("/proc/net/if_inet6")
 
 
-def fill_in(text, values, ipv6=None):
-    """Replace every @NAME@ with values[NAME]; a placeholder without a value is an error."""
+@functools.cache
+def nginx_version():
+    """The installed nginx's version as a tuple, e.g. (1, 22, 1); None without nginx."""
+    # A normal user's PATH may lack /usr/sbin, where Debian puts nginx.
+    binary = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if not binary:
+        return None
+    # `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(map(int, match.groups())) if match else None
+
+
+def http2_as_listen_flag(text):
+    """`http2 on;` (nginx >= 1.25.1) spelled for older nginx: a flag of each TLS `listen`.
+
+    nginx 1.26 (Debian 13) warns that the flag is deprecated on every `nginx -t`
+    and reload; nginx 1.22 (Debian 12) does not know the directive. The files
+    are written in the new form, and this gives Debian 12 the old one.
+    """
+    text = re.sub(r"^[ \t]*http2 on;\n", "", text, flags=re.MULTILINE)
+    return re.sub(r"^([ \t]*listen [^;#]*\bssl\b)", r"\1 http2", text, flags=re.MULTILINE)
+
+
+def fill_in(text, values, ipv6=None, nginx=None):
+    """Replace every @NAME@ with values[NAME]; a placeholder without a value is an error.
+
+    The result suits this machine: no IPv6 listeners where it has none, and
+    http2 spelled for its nginx (nginx: a version tuple, default the installed one).
+    """
 
     def value(match):
         if match.group(1) not in values:
@@ -41,6 +72,8 @@ def fill_in(text, values, ipv6=None):
     if not (has_ipv6() if ipv6 is None else ipv6):
         # No IPv6 on this machine: nginx could not bind [::].
         text = "".join(line for line in text.splitlines(keepends=True) if "listen [::]" not in line)
+    if "http2 on;" in text and (nginx or nginx_version() or (1, 22, 1)) < (1, 25, 1):
+        text = http2_as_listen_flag(text)
     return text
 
 

@@ -85,9 +85,11 @@ def load_local_stack():
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings():
-    """With PostgreSQL and no DATABASE_URL, a throwaway cluster of PostgreSQL 15 on a
-    unix socket in a temporary directory (no TCP, fsync off), so `make test` and CI
-    need no running stack. pytest-django then creates its test database there."""
+    """With PostgreSQL and no DATABASE_URL, a throwaway cluster of the newest
+    PostgreSQL installed (deploy/local_stack.py's postgres_bindir: 15 on Debian 12,
+    17 on Debian 13, 16 on CI's Ubuntu) on a unix socket in a temporary directory
+    (no TCP, fsync off), so `make test` and CI need no running stack.
+    pytest-django then creates its test database there."""
     from django.conf import settings
 
     database = settings.DATABASES["default"]
@@ -95,11 +97,12 @@ def django_db_modify_db_settings():
         yield
         return
     stack = load_local_stack()
-    if not (stack.PG_BIN / "postgres").exists():
-        message = f"{stack.PG_BIN}/postgres is missing (apt-get install postgresql)"
+    try:
+        bindir = stack.postgres_bindir()
+    except stack.StackError as exc:
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
     # A short path (unix sockets), open to the cluster's account when that is not you.
     directory = Path(tempfile.mkdtemp(prefix="pgtest-"))
     directory.chmod(0o755)
@@ -107,13 +110,13 @@ def django_db_modify_db_settings():
     data, sockets = directory / "data", directory / "run"
     for path in (data, sockets):
         stack.own_dir(path, account)
-    initdb = [stack.PG_BIN / "initdb", "-D", data, "-U", "test", "--auth-local=trust", "--auth-host=reject"]
+    initdb = [bindir / "initdb", "-D", data, "-U", "test", "--auth-local=trust", "--auth-host=reject"]
     subprocess.run(stack.as_cluster_account(initdb), check=True, stdout=subprocess.DEVNULL)
-    server = [stack.PG_BIN / "postgres", "-D", data, "-c", "listen_addresses=",
+    server = [bindir / "postgres", "-D", data, "-c", "listen_addresses=",
               "-c", f"unix_socket_directories={sockets}", "-c", "fsync=off"]  # fmt: skip
     process = subprocess.Popen(stack.as_cluster_account(server), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        ready = [stack.PG_BIN / "pg_isready", "-q", "-h", sockets, "-U", "test", "-d", "postgres"]
+        ready = [bindir / "pg_isready", "-q", "-h", sockets, "-U", "test", "-d", "postgres"]
         deadline = time.monotonic() + 30
         while subprocess.run(ready).returncode != 0:
             if process.poll() is not None or time.monotonic() > deadline:
