@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -478,7 +479,7 @@ def test_failed_nginx_check_puts_every_file_back(server):
     finally:
         snippet.write_text(good)
     assert result.returncode != 0
-    assert 'FAILED in step "nginx:' in server.outputs["refused config"]
+    assert 'FAILED in step "nginx:' in server.outputs["refused config"], server.outputs["refused config"]
     assert "not_a_directive" in server.outputs["refused config"]
     after = sorted(
         [
@@ -529,6 +530,73 @@ def test_second_install_keeps_sessions(server):
     assert status == 200 and "Log out" in body, "the second install logged the user out"
     assert sessions_redis_pid(server) == before  # the sessions Redis was not restarted
     assert server.port_80_at_return["second run"] == (0, 301, [f"https://{DOMAIN}/right/after"])
+
+
+def test_successful_installs_print_no_failed_or_error_line(server):
+    """The first install (no state under /var/lib/socketstack yet) and the
+    second say how they went and nothing else: no FAILED or ERROR line."""
+    for label in ("first run", "second run"):
+        output = server.outputs[label]
+        assert "install.sh: done in" in output, label
+        bad = [line for line in output.splitlines() if re.search(r"\bFAILED\b|\bERROR\b", line)]
+        assert bad == [], f"{label}: {bad}"
+
+
+def load_of_gets(server, stop, results):
+    """GETs of / and /healthz one after another until stop is set: (status, seconds) each."""
+    while not stop.is_set():
+        for path in ("/", "/healthz"):
+            started = time.monotonic()
+            code, status, _, _ = server.curl(f"https://{server.domain}{path}", jar=False)
+            results.append((status if code == 0 else f"curl exit {code}", time.monotonic() - started))
+
+
+def test_new_python_gets_a_new_venv_and_no_request_fails(server, tmp_path):
+    """A new interpreter (as after a Debian upgrade): install.sh builds a new venv
+    beside the one in use, a stand-in gunicorn answers while gunicorn restarts on
+    it, and under a load of GETs no request fails; the admin stays logged in."""
+    if server.python or server.redis != "dedicated":
+        pytest.skip("one server moves to another Python: the dedicated one, on Debian's python3")
+    old_venv = (server.app_root / ".venv").resolve()
+    assert (server.app_root / ".venv").is_symlink() and old_venv.name.startswith(".venv-")
+    # Built with the versioned name (python -> python3.11 -> /usr/bin/python3.11), not python3,
+    # which a Debian upgrade points at another Python.
+    assert re.fullmatch(r"python3\.\d+", os.readlink(old_venv / "bin" / "python")), os.readlink(
+        old_venv / "bin" / "python"
+    )
+    in_use = server.as_app_user(".venv/bin/python", "-c", "import sys; print(sys.version_info[1])").stdout.strip()
+    candidates = [*Path.home().glob(".pyenv/versions/3.1[0-9].*/bin/python3"), *Path("/usr/bin").glob("python3.1?")]
+    minor = "import sys; print(sys.version_info[1])"
+    other = next(
+        (c for c in sorted(candidates, reverse=True) if run([c, "-c", minor], tmp_path).stdout.strip() != in_use), None
+    )
+    if other is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no Python >= 3.10 besides 3.{in_use} to move to")
+    server.python = python_outside_root(other, tmp_path) if str(other).startswith("/root") else other
+    server.login()
+    stop, results = threading.Event(), []
+    loader = threading.Thread(target=load_of_gets, args=(server, stop, results))
+    loader.start()
+    try:
+        time.sleep(1)
+        server.install("new python")
+        time.sleep(1)
+    finally:
+        stop.set()
+        loader.join()
+        server.python = None
+    output = server.outputs["new python"]
+    new_venv = (server.app_root / ".venv").resolve()
+    assert new_venv != old_venv and not old_venv.exists(), output
+    assert "stand-in gunicorn" in output and "gunicorn restarted on" in output, output
+    failed = [result for result in results if result[0] != 200]
+    slowest = max(seconds for _, seconds in results)
+    print(f"new python: {len(results)} GETs during the switch, {len(failed)} failed, slowest {slowest:.2f} s")
+    assert len(results) > 20 and failed == [], failed[:5]
+    status, _, body = server.get("/admin/")
+    assert status == 200 and "Log out" in body, "the switch logged the user out"
+    now = server.as_app_user(".venv/bin/python", "-c", "import sys; print(sys.version_info[1])").stdout.strip()
+    assert now != in_use, f"still on 3.{in_use}"
 
 
 def test_uninstall_leaves_no_process_and_no_site(server):
@@ -598,6 +666,36 @@ def test_bad_input_fails_first_with_the_fix(cookies_session, env, first_line):
     lines = (result.stdout + result.stderr).splitlines()
     assert lines[0].startswith(first_line), lines[:3]
     assert len(lines) == 1
+
+
+def test_other_systems_and_a_bad_wheelhouse_are_refused_before_anything_changes(cookies_session, tmp_path):
+    """Another release (or Ubuntu), a missing wheelhouse and one without a
+    locked file: one line naming it, and no user, app root or site file made."""
+    require_root()
+    slug = "sst_refused"
+    project = commit_and_clone(bake(cookies_session, project_slug=slug, domain_name=DOMAIN))
+    ubuntu = tmp_path / "os-release"
+    ubuntu.write_text('ID=ubuntu\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\n')
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    (empty / "django-5.2-py3-none-any.whl").write_bytes(b"not the locked file")
+    before = sorted(path.name for path in Path("/etc/nginx/sites-available").iterdir())
+    cases = [
+        ({"SOCKETSTACK_OS_RELEASE": str(ubuntu)},
+         "install.sh: ERROR: this system is Ubuntu 24.04.1 LTS: install.sh supports Debian 12 (bookworm) and "
+         "Debian 13 (trixie) only"),
+        ({"WHEELHOUSE": f"{tmp_path}/nowhere"}, f"install.sh: ERROR: WHEELHOUSE={tmp_path}/nowhere: no such directory"),
+        ({"WHEELHOUSE": str(empty)}, f"install.sh: ERROR: WHEELHOUSE={empty}: lacks "),
+    ]  # fmt: skip
+    for env, first_line in cases:
+        result = run([project / "deploy" / "install.sh"], project, env={**os.environ, **env}, check=False)
+        lines = (result.stdout + result.stderr).splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(first_line), lines
+    assert "(requirements.lock) for Python" in lines[0] and "make wheelhouse" in lines[0]
+    assert not Path(f"/webapps/{slug}").exists()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(slug)
+    assert sorted(path.name for path in Path("/etc/nginx/sites-available").iterdir()) == before
 
 
 def test_unknown_argument_is_refused(cookies_session):

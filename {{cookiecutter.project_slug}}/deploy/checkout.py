@@ -4,6 +4,10 @@
     python3 deploy/checkout.py env            a fresh local .env               (make env)
     python3 deploy/checkout.py check-lock     do the locks match pyproject.toml?
     python3 deploy/checkout.py lock           resolve the locks again with uv  (make lock)
+    python3 deploy/checkout.py wheelhouse DIR [PYTHON_VERSION [MACHINE [LOCK]]]
+                                              download the locked wheels   (make wheelhouse)
+    python3 deploy/checkout.py check-wheelhouse DIR
+                                              does DIR hold every locked file this Python needs?
 
 Standard library only: it runs before any virtualenv exists. The post-gen
 hook calls the same functions, and deploy/install.sh runs check-lock before
@@ -199,6 +203,94 @@ def venv_commands(root, python, uv=None):
     ]
 
 
+# Wheelhouse: installs with no index (firewalled servers, the tests' roots) -----
+
+# The platforms of PyPI's Linux wheels that Debian 12 (glibc 2.36) and 13 (2.41) run.
+MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "manylinux_2_34")
+MARKER_ATOM = re.compile(r"(\w+) *(<=|>=|==|!=|<|>) *'([^']*)'")
+
+
+def marker_applies(marker, python_version=None):
+    """Evaluate the simple markers uv writes into the locks (python_full_version
+    compared with a version, implementation_name, sys_platform), joined by
+    `and`/`or`, for this interpreter or python_version ("3.13.5")."""
+    full = python_version or ".".join(map(str, sys.version_info[:3]))
+    values = {
+        "python_full_version": full,
+        "python_version": ".".join(full.split(".")[:2]),
+        "implementation_name": sys.implementation.name,
+        "sys_platform": sys.platform,
+    }
+
+    def version(text):
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+    def atom(text):
+        match = MARKER_ATOM.fullmatch(text.strip().strip("()"))
+        if not match or match.group(1) not in values:
+            return True  # a marker we cannot judge: keep the requirement
+        name, op, want = match.groups()
+        have = values[name]
+        if name.startswith("python"):
+            have, want = version(have), version(want)
+        return {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want,
+                "==": have == want, "!=": have != want}[op]  # fmt: skip
+
+    return any(all(atom(part) for part in branch.split(" and ")) for branch in marker.split(" or "))
+
+
+def locked_files(path, python_version=None):
+    """[(requirement, {sha256, ...})] of a lock file, for the markers that apply."""
+    found, requirement = [], None
+    for line in Path(path).read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith(("#", "-")):
+            pin, _, marker = line.rstrip(" \\").partition(";")
+            requirement = (pin.strip(), set()) if not marker or marker_applies(marker, python_version) else None
+            if requirement:
+                found.append(requirement)
+        elif requirement and "--hash=sha256:" in line:
+            requirement[1].add(line.split("--hash=sha256:")[1].split()[0])
+    return found
+
+
+def check_wheelhouse(directory, root=ROOT, lock_name=LOCK):
+    """Raise CheckoutError naming the first locked file that DIR lacks."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckoutError(f"WHEELHOUSE={directory}: no such directory. Run `make wheelhouse`, copy it here.")
+    have = {hashlib.sha256(path.read_bytes()).hexdigest() for path in directory.iterdir() if path.is_file()}
+    for requirement, hashes in locked_files(Path(root) / lock_name):
+        if not hashes & have:
+            python = ".".join(map(str, sys.version_info[:3]))
+            raise CheckoutError(
+                f"WHEELHOUSE={directory}: lacks {requirement} ({lock_name}) for Python {python}: "
+                f"run `make wheelhouse SERVER_PYTHON={python}` and copy the wheelhouse here again."
+            )
+
+
+def wheelhouse_command(pip, directory, python_version, machine, root=ROOT, lock_name=LOCK):
+    """pip download of every locked wheel for that Python and machine, hashes checked."""
+    platforms = [arg for tag in MANYLINUX for arg in ("--platform", f"{tag}_{machine}")]
+    return [*pip, "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", "--no-deps", "--implementation", "cp", "--python-version", python_version,
+            *platforms, "--require-hashes", "-r", str(Path(root) / lock_name), "-d", str(directory)]  # fmt: skip
+
+
+def write_wheelhouse(directory, python_version=None, machine=None, lock_name=None):
+    """Download the wheels of a lock into directory; returns what it downloaded for."""
+    python_version = python_version or ".".join(map(str, sys.version_info[:3]))
+    machine = machine or os.uname().machine
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        pip = [sys.executable, "-m", "pip"]
+        if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
+            # Debian's python3 has no pip of its own (a .venv made by uv neither): borrow a venv's.
+            subprocess.run([sys.executable, "-m", "venv", scratch], check=True)
+            pip = [f"{scratch}/bin/python", "-m", "pip"]
+        subprocess.run(wheelhouse_command(pip, directory, python_version, machine, lock_name=lock_name or LOCK), check=True)
+    return f"the wheels of {lock_name or LOCK} for Python {python_version} on {machine}"
+
+
 def make_venv(root=ROOT, python=None, uv=None, say=print):
     """Check the lock, then make .venv with it; raise CheckoutError on failure."""
     check_lock(root)
@@ -230,11 +322,18 @@ def main(argv):
         elif command == "lock":
             for path in lock():
                 print(f"Wrote {path.name}")
+        elif command == "check-wheelhouse" and len(argv) == 3:
+            check_wheelhouse(argv[2])
+        elif command == "wheelhouse" and 3 <= len(argv) <= 6:
+            print(f"Wrote {argv[2]}: {write_wheelhouse(*argv[2:])}")
         elif command == "venv":
             python = argv[2] if len(argv) > 2 else "python3"
             make_venv(python=python, uv=find_uv() if not os.environ.get("SOCKETSTACK_NO_UV") else None)
         else:
-            sys.exit(f"usage: {argv[0]} venv [PYTHON] | env | check-lock | lock")
+            sys.exit(
+                f"usage: {argv[0]} venv [PYTHON] | env | check-lock | lock"
+                " | wheelhouse DIR [PYTHON_VERSION [MACHINE [LOCK]]] | check-wheelhouse DIR"
+            )
     except CheckoutError as exc:
         sys.exit(str(exc))
     except subprocess.CalledProcessError as exc:

@@ -21,6 +21,23 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 say() { printf '    %s\n' "$*"; }
 
+check_release() {
+    # The releases install.sh is tested on: Debian 12 (bookworm) and 13 (trixie).
+    # Another one (or Ubuntu, which also has /etc/debian_version) may name its
+    # packages, paths or defaults differently: stop before anything changes.
+    local release="${SOCKETSTACK_OS_RELEASE:-/etc/os-release}" id="" version="" name=""
+    if [ -r "$release" ]; then
+        # shellcheck disable=SC1090
+        id="$(. "$release" && echo "${ID:-}")"
+        version="$(. "$release" && echo "${VERSION_ID:-}")"
+        name="$(. "$release" && echo "${PRETTY_NAME:-$ID $VERSION_ID}")"
+    fi
+    case "$id:$version" in
+    debian:12 | debian:13) return 0 ;;
+    esac
+    fail "this system is ${name:-unknown (no $release)}: $(basename "$0") supports Debian 12 (bookworm) and Debian 13 (trixie) only: run it on one of those."
+}
+
 has_systemd() { [ -d /run/systemd/system ]; }
 
 ctl() { supervisorctl -c /etc/supervisor/supervisord.conf "$@"; }
@@ -63,6 +80,13 @@ pg_cluster() {
     # "VERSION NAME STATUS" of the cluster on port PG_PORT (pg_lsclusters), or nothing.
     command -v pg_lsclusters >/dev/null || return 0
     pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2, $4; exit }'
+}
+
+pg_server_version() {
+    # The newest installed PostgreSQL server's major version (Debian 12: 15,
+    # Debian 13: 17); a directory with only the client programs does not count.
+    find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' 2>/dev/null |
+        awk -F/ '{ print $5 }' | sort -V | tail -n 1
 }
 
 pg_sql() {

@@ -38,7 +38,10 @@ chdir = str(root)
 # is yours. On the server deploy/install.sh sets GUNICORN_SOCKET_GROUP to
 # <slug>-web, the one group nginx's user joins (the app's own group reads
 # .env and var/): when_ready below hands the socket to it.
-bind = [f"unix:{run_dir}/gunicorn.sock"]
+# GUNICORN_SOCKET_NAME=gunicorn-next: the stand-in that deploy/install.sh
+# runs while it restarts gunicorn on a new virtualenv (nginx's backup server).
+socket_name = os.environ.get("GUNICORN_SOCKET_NAME", "gunicorn")
+bind = [f"unix:{run_dir}/{socket_name}.sock"]
 umask = 0o007
 
 
@@ -46,13 +49,13 @@ def when_ready(server):
     group = os.environ.get("GUNICORN_SOCKET_GROUP")
     if group:
         # The app user is a member of that group, so it may chown to it.
-        os.chown(run_dir / "gunicorn.sock", -1, grp.getgrnam(group).gr_gid)
-        server.log.info("gunicorn.sock: group %s, mode 0770", group)
+        os.chown(run_dir / f"{socket_name}.sock", -1, grp.getgrnam(group).gr_gid)
+        server.log.info("%s.sock: group %s, mode 0770", socket_name, group)
 
 
 # gunicornc's control socket: by default it lands in $HOME, which supervisor
 # does not change per program, so two apps would share one. Keep it here.
-control_socket = str(run_dir / "gunicorn.ctl")
+control_socket = str(run_dir / f"{socket_name}.ctl")
 
 # Chosen with the template's benchmark (cookiecutter-django-socketstack's
 # tools/bench.py --compare workers; its docs/performance.md has the tables):

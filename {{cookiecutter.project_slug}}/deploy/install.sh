@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install or update this project on a Debian 12 server. Run as root from a
+# Install or update this project on a Debian 12 or 13 server. Run as root from a
 # checkout of the project:  sudo deploy/install.sh
 #
 #   browser -> nginx (80 -> 443, TLS) -> APP_ROOT/run/gunicorn.sock -> gunicorn
@@ -15,7 +15,10 @@
 #   DOMAIN=...     the site's name          (default: DEFAULT_DOMAIN in deploy/project.env)
 #   APP_ROOT=...   where the app lives      (default: /webapps/<slug>)
 #   PYTHON=...     interpreter for the venv (default: the first of /usr/bin/python3,
-#                  python3.12, python3.13 that is new enough)
+#                  python3.12, python3.13 that is new enough, by its versioned name)
+#   WHEELHOUSE=dir install the locked packages from dir only, with no index
+#                  (a server without PyPI): `make wheelhouse SERVER_PYTHON=3.13.5`
+#                  on a machine with PyPI writes it; copy it to the server
 #   LETSENCRYPT_EMAIL=you@example.com  get a Let's Encrypt certificate for DOMAIN
 #                  with certbot (HTTP-01 through this site's port 80) and switch to it
 #   ACME_SERVER=...    another ACME directory (default: Let's Encrypt production;
@@ -65,6 +68,10 @@ fail() {
 
 on_error() {
     local code=$?
+    # A failure inside a subshell (a pipeline, `manage`) reaches the main shell
+    # too: say it once, there.
+    [ "$BASHPID" = "$$" ] || exit "$code"
+    stop_stand_in >/dev/null
     echo >&2
     echo "install.sh: FAILED in step \"$STEP\" (exit $code)." >&2
     [ -z "$HINT" ] || echo "install.sh: what to do: $HINT" >&2
@@ -150,7 +157,7 @@ preflight() {
     validate_acme
     validate_role
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo deploy/install.sh"
-    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's nginx and supervisor layout (Debian 12 expected)."
+    check_release
     [ -f "$SRC/manage.py" ] && [ -f "$SRC/deploy/gunicorn.conf.py" ] ||
         fail "$SRC does not look like the project: run deploy/install.sh from a checkout of it."
     check_lock
@@ -173,6 +180,11 @@ check_lock() {
         return 0
     fi
     message="$("$python" "$SRC/deploy/checkout.py" check-lock 2>&1)" || fail "$SRC/${message:-requirements.lock: cannot be checked against pyproject.toml}"
+    if [ -n "${WHEELHOUSE:-}" ]; then
+        # Every locked file for this Python, before anything changes.
+        message="$("$python" "$SRC/deploy/checkout.py" check-wheelhouse "$WHEELHOUSE" 2>&1)" || fail "$message"
+        WHEELHOUSE="$(readlink -f "$WHEELHOUSE")"
+    fi
     LOCK_CHECK_LATER=no
 }
 
@@ -207,7 +219,7 @@ step_postgresql() {
     apt_install postgresql
     read -r version name status <<<"$(pg_cluster)"
     [ -n "$version" ] ||
-        fail "no PostgreSQL cluster on port $PG_PORT (pg_lsclusters): the site connects to $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT. Create Debian's default cluster (pg_createcluster --start 15 main), then run install.sh again."
+        fail "no PostgreSQL cluster on port $PG_PORT (pg_lsclusters): the site connects to $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT. Create Debian's default cluster (pg_createcluster --start $(pg_server_version) main), then run install.sh again."
     cluster="$version/$name"
     # Only this cluster: others (other ports) are left as they are.
     if has_systemd; then systemctl enable --quiet postgresql; fi
@@ -301,11 +313,14 @@ sync_code() {
         # --delete removes files deleted upstream; excluded paths are kept, but
         # a __pycache__ is perishable (-p): it does not keep a folder that a
         # template update moved away (web/sessions/) alive.
-        rsync -a --delete --chown="root:$APP_USER" --chmod=Dg+rx,Fg+r,go-w,o-rwx \
-            --exclude=/.git/ --exclude=/.venv/ --exclude=/run/ --exclude=/var/ --exclude=/logs/ \
+        # Directories keep o+x meanwhile: the app root is one of them, and
+        # nginx reaches gunicorn.sock through it (code_permissions then
+        # leaves that only where nginx needs it).
+        rsync -a --delete --chown="root:$APP_USER" --chmod=Dg+rx,Fg+r,go-w,Fo-rwx,Do-rw,Do+x \
+            --exclude=/.git/ --exclude=/.venv --exclude='/.venv-*/' --exclude=/.venv.new --exclude=/run/ --exclude=/var/ --exclude=/logs/ \
             --exclude=/static/ --exclude=/media/ --exclude=/.env --exclude='/db.sqlite3*' \
             --exclude=/.socketstack-app --exclude='*.egg-info/' --filter='-p __pycache__/' \
-            --exclude=.pytest_cache/ --exclude=.ruff_cache/ \
+            --exclude=.pytest_cache/ --exclude=.ruff_cache/ --exclude=/wheelhouse/ \
             "$SRC/" "$APP_ROOT/"
         say "synced $SRC -> $APP_ROOT (without .git, .env, .venv and runtime data)"
     fi
@@ -320,6 +335,10 @@ python_ok() {
 }
 
 find_python() {
+    # The interpreter by its versioned name (/usr/bin/python3.11, not python3):
+    # the venv links to it, and a Debian upgrade keeps the old one installed
+    # until `apt autoremove`, so the site keeps serving until install.sh
+    # moves it to the new Python.
     local candidate candidates
     if [ -n "${PYTHON:-}" ]; then
         candidates=("$(command -v "$PYTHON" || echo "$PYTHON")")
@@ -328,60 +347,110 @@ find_python() {
     fi
     for candidate in "${candidates[@]}"; do
         if [ -x "$candidate" ] && python_ok "$candidate"; then
-            echo "$candidate"
+            readlink -f "$candidate"
             return 0
         fi
     done
 }
 
+python_minor() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
+venv_python() {
+    # venv_python DIR: the X.Y the venv in DIR was built for, when its
+    # bin/python still is that Python. A venv of Debian 12 whose python
+    # links to /usr/bin/python3 runs 3.13 after the upgrade, with its
+    # packages in lib/python3.11: that one answers nothing.
+    local built running
+    built="$(sed -n -E 's/^version(_info)? *= *([0-9]+\.[0-9]+).*/\2/p' "$1/pyvenv.cfg" 2>/dev/null | head -n 1)"
+    running="$(python_minor "$1/bin/python")" || return 0
+    if [ -n "$built" ] && [ "$built" = "$running" ]; then echo "$running"; fi
+}
+
 make_venv() {
-    step "Virtualenv $VENV" "see pip's error above; a broken venv is rebuilt if you delete $VENV."
-    local python stamp want
+    step "Virtualenv $VENV" "see pip's error above; install.sh builds a new venv when the one in use does not fit."
+    local python want current stamp lock_sha
     DEPS_CHANGED=no
-    if [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; then
-        say "exists: $("$VENV/bin/python" --version)"
-    else
-        HINT="install Python >= $MIN_PYTHON with the venv module (apt-get install python3-venv), or set PYTHON=/path/to/python$MIN_PYTHON (readable by $APP_USER, not under /root)."
-        python="$(find_python)"
-        if [ -z "$python" ]; then
-            say "no Python >= $MIN_PYTHON that $APP_USER can run"
-            false
-        fi
-        rm -rf "$VENV"
-        say "creating it with $python ($("$python" --version))"
-        "$python" -m venv "$VENV"
-        HINT="see pip's error above; a broken venv is rebuilt if you delete $VENV."
+    OLD_VENV=""
+    HINT="install Python >= $MIN_PYTHON with the venv module (apt-get install python3-venv), or set PYTHON=/path/to/python$MIN_PYTHON (readable by $APP_USER, not under /root)."
+    python="$(find_python)"
+    if [ -z "$python" ]; then
+        say "no Python >= $MIN_PYTHON that $APP_USER can run"
+        false
     fi
+    want="$(python_minor "$python")"
+    # The venv in use: .venv links to it (a site installed before links
+    # existed has .venv itself).
+    current="$(readlink -f "$VENV" 2>/dev/null || true)"
+    if [ -n "$current" ] && [ -d "$current" ] && [ "$(venv_python "$current")" = "$want" ] && python_ok "$current/bin/python"; then
+        VENV_DIR="$current"
+        say "in use: $VENV_DIR ($("$VENV_DIR/bin/python" --version), $python)"
+    else
+        # Never reuse a venv whose Python changed: a new one beside it, which
+        # the programs switch to once it is complete (step_supervisor).
+        [ ! -d "$current" ] || OLD_VENV="$current"
+        VENV_DIR="$(mktemp -d "$APP_ROOT/.venv-$want.XXXX")"
+        say "${OLD_VENV:+$OLD_VENV is for Python $(venv_python "$OLD_VENV" | grep . || echo "that is gone"), not $want: }new venv $VENV_DIR with $python ($("$python" --version))"
+        "$python" -m venv "$VENV_DIR"
+    fi
+    HINT="see pip's error above${WHEELHOUSE:+ (wheels from $WHEELHOUSE only)}; the venv in use is kept until a new one is complete."
     # Exactly the locked versions (every file's hash checked), and only when
     # the lock changed: a second run stays fast.
-    want="$(sha256sum "$APP_ROOT/requirements.lock" | cut -d' ' -f1)"
-    stamp="$VENV/.socketstack-lock.sha256"
-    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    lock_sha="$(sha256sum "$APP_ROOT/requirements.lock" | cut -d' ' -f1)"
+    stamp="$VENV_DIR/.socketstack-lock.sha256"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$lock_sha" ]; then
         say "requirements.lock unchanged since the last install"
     else
-        say "pip install --require-hashes -r requirements.lock"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
-            -r "$APP_ROOT/requirements.lock"
-        DEPS_CHANGED=yes
-        echo "$want" >"$stamp"
+        local from_wheelhouse=()
+        if [ -n "${WHEELHOUSE:-}" ]; then from_wheelhouse=(--no-index --find-links "$WHEELHOUSE"); fi
+        say "pip install --require-hashes -r requirements.lock ${from_wheelhouse[*]}"
+        "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+            "${from_wheelhouse[@]}" -r "$APP_ROOT/requirements.lock"
+        # The same venv with new packages: gunicorn's master must restart (step_supervisor).
+        [ -n "$OLD_VENV" ] || DEPS_CHANGED=yes
+        echo "$lock_sha" >"$stamp"
     fi
     # Bytecode for the project itself (PYTHONDONTWRITEBYTECODE may be set, and
     # the app user cannot write __pycache__ here): workers boot fast.
-    "$VENV/bin/python" -m compileall -q "$APP_ROOT/$SLUG" "$APP_ROOT/web" "$APP_ROOT/manage.py" >/dev/null
+    "$VENV_DIR/bin/python" -m compileall -q "$APP_ROOT/$SLUG" "$APP_ROOT/web" "$APP_ROOT/manage.py" >/dev/null
+    # A first install: nothing runs from a venv yet.
+    if [ ! -d "$current" ]; then link_venv; fi
     code_permissions
+}
+
+link_venv() {
+    # .venv, the path the programs (supervisor), manage.py and you use, links
+    # to the venv in VENV_DIR. A .venv directory of an older install moves
+    # aside; remove_old_venvs deletes it once nothing runs from it.
+    ln -sfn "$(basename "$VENV_DIR")" "$APP_ROOT/.venv.new"
+    if [ -d "$VENV" ] && [ ! -L "$VENV" ]; then mv -T "$VENV" "$(mktemp -u "$APP_ROOT/.venv-old.XXXX")"; fi
+    mv -T "$APP_ROOT/.venv.new" "$VENV"
+}
+
+remove_old_venvs() {
+    # Venvs of earlier Pythons, or of a run that failed half-way.
+    local dir
+    for dir in "$APP_ROOT"/.venv-*; do
+        [ ! -d "$dir" ] || [ "$dir" = "$VENV_DIR" ] || { rm -rf "$dir" && say "removed $dir"; }
+    done
 }
 
 code_permissions() {
     # Code and venv: root's, readable by the app's group (umask 027 made them
     # root:root), writable by nobody else. Runtime directories keep theirs.
     # Symbolic links are skipped: .venv/bin/python points into /usr/bin.
-    find "$APP_ROOT" -xdev \( -path "$APP_ROOT/run" -o -path "$APP_ROOT/var" -o -path "$APP_ROOT/static" \
-        -o -path "$APP_ROOT/media" -o -path "$APP_ROOT/logs" -o -path "$ENV_FILE" \) -prune \
-        -o ! -type l -exec chown "root:$APP_USER" {} + -exec chmod g+rX,g-w,o-rwx {} +
     # nginx's own pages (50x while gunicorn is down, 429): a path to them that
     # others may traverse (not list), and the pages for group $WEB_GROUP only.
-    chmod o+x "$APP_ROOT" "$APP_ROOT/deploy" "$APP_ROOT/deploy/nginx"
-    chgrp "$WEB_GROUP" "$APP_ROOT"/deploy/nginx/*.html
+    # Set apart from the rest, never taken away meanwhile: the site is live,
+    # and nginx reaches run/ and its pages through these.
+    local gate=("$APP_ROOT" "$APP_ROOT/deploy" "$APP_ROOT/deploy/nginx")
+    chown "root:$APP_USER" "${gate[@]}"
+    chmod g+rX,g-w,o-rw,o+x "${gate[@]}"
+    chown "root:$WEB_GROUP" "$APP_ROOT"/deploy/nginx/*.html
+    chmod g+r,g-w,o-rwx "$APP_ROOT"/deploy/nginx/*.html
+    find "$APP_ROOT" -xdev \( -path "$APP_ROOT/run" -o -path "$APP_ROOT/var" -o -path "$APP_ROOT/static" \
+        -o -path "$APP_ROOT/media" -o -path "$APP_ROOT/logs" -o -path "$ENV_FILE" \) -prune \
+        -o ! -type l ! -path "$APP_ROOT" ! -path "$APP_ROOT/deploy" ! -path "$APP_ROOT/deploy/nginx" \
+        ! -path "$APP_ROOT/deploy/nginx/*.html" -exec chown "root:$APP_USER" {} + -exec chmod g+rX,g-w,o-rwx {} +
     say "code and .venv: root:$APP_USER, group read-only, nothing for others (deploy/nginx/*.html: group $WEB_GROUP)"
 }
 
@@ -391,7 +460,7 @@ write_env_file() {
         say "exists: kept as it is (the SECRET_KEY stays, so sessions stay valid)"
     else
         local tmp secret
-        secret="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(60))')"
+        secret="$("$VENV_DIR/bin/python" -c 'import secrets; print(secrets.token_urlsafe(60))')"
         tmp="$(mktemp "$APP_ROOT/.env.XXXXXX")"
         cat >"$tmp" <<ENV
 # Written once by deploy/install.sh: edit it here, it is never overwritten.
@@ -439,7 +508,7 @@ redis_url() {
 manage() {
     # As the app user, with a clean environment: only the env file counts.
     (cd "$APP_ROOT" && runuser -u "$APP_USER" -- env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" \
-        "$VENV/bin/python" manage.py "$@")
+        "$VENV_DIR/bin/python" manage.py "$@")
 }
 
 system_redis() {
@@ -479,7 +548,7 @@ service_do() {
 
 step_django() {
     step "Django: migrate, collectstatic, check --deploy" \
-        "read Django's message above; settings come from $ENV_FILE (the check needs DEBUG off, HTTPS settings and a long SECRET_KEY)."
+        "read the error above: its last line names the cause. Settings come from $ENV_FILE; \`check --deploy\` wants DEBUG off, the HTTPS settings and a long SECRET_KEY."
     manage migrate --noinput -v 1 | sed 's/^/    /'
     manage collectstatic --noinput -v 0
     say "collectstatic: $APP_ROOT/static"
@@ -495,21 +564,25 @@ RETIRED_FILES=()
 
 step_retire_old_files() {
     step "Files of older versions under /etc" "remove the file named above by hand, then run install.sh again."
-    local manifest="$STATE_DIR/$SLUG.files" f name
+    local manifest="$STATE_DIR/$SLUG.files" f name previous=()
     local current=("$SUPERVISOR_CONF" "$NGINX_SITE" "$NGINX_LOCATIONS" "/etc/nginx/sites-enabled/$SLUG.conf")
     for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
         [ ! -e "$SRC/deploy/nginx/$name.conf" ] || current+=("/etc/nginx/snippets/$SLUG-$name.conf")
     done
     install -d -m 0755 "$STATE_DIR"
+    # The first install has no manifest yet. Read it here, not in a process
+    # substitution: that subshell inherits the ERR trap (set -E), and a failed
+    # read there would print a FAILED line for an install that goes on fine.
+    if [ -f "$manifest" ]; then mapfile -t previous <"$manifest"; fi
     # What the last run installed (or what older versions did), minus what this run installs:
     # supervisorctl update (next step) stops the programs of a removed file, nginx's reload drops a removed site.
-    while read -r f; do
+    for f in "${previous[@]}" "${RETIRED_FILES[@]}"; do
         case "$f" in /etc/nginx/?*|/etc/supervisor/conf.d/?*) ;; *) continue ;; esac
         [ -e "$f" ] || [ -L "$f" ] || continue
         printf '%s\n' "${current[@]}" | grep -qxF -- "$f" && continue
         rm -f -- "$f" "$f.bak"
         say "removed $f (an older version's; this one no longer installs it)"
-    done < <(cat "$manifest" 2>/dev/null; printf '%s\n' "${RETIRED_FILES[@]}")
+    done
     printf '%s\n' "${current[@]}" >"$manifest"
     say "$manifest: the files this version installs under /etc"
 }
@@ -560,21 +633,73 @@ step_supervisor() {
     start_supervisor
     say "supervisord running (pid $(ctl pid))"
     ctl status "$SLUG:$SLUG-gunicorn" 2>/dev/null | grep -q RUNNING && was_running=yes
+    # A new venv (a new Python) or new packages in it: gunicorn's master must
+    # restart, since it imported Django & co. (deploy/gunicorn.conf.py) and a
+    # HUP would keep them. A stand-in answers meanwhile: no request fails.
+    if [ "$was_running" = yes ] && { [ -n "$OLD_VENV" ] || [ "$DEPS_CHANGED" = yes ]; }; then start_stand_in; fi
     install_supervisor_conf "$new" "$SUPERVISOR_CONF"
     ctl reread | sed 's/^/    /'
     # update starts new programs and restarts changed ones; the rest keep running.
     ctl update | sed 's/^/    /'
-    if [ "$was_running" = yes ] && [ "$DEPS_CHANGED" = yes ]; then
-        # gunicorn's master imports Django & co. once (deploy/gunicorn.conf.py):
-        # a HUP would give the new workers the old versions; a restart does not.
+    if [ -n "$OLD_VENV" ]; then
+        link_venv
+        say ".venv links to $VENV_DIR ($("$VENV_DIR/bin/python" --version)) instead of $OLD_VENV"
+    fi
+    if [ "$was_running" = yes ] && [ -n "$STAND_IN_PID" ]; then
         ctl restart "$SLUG:$SLUG-gunicorn" | sed 's/^/    /'
-        say "gunicorn restarted: the dependencies changed, a HUP would keep the old ones"
+        say "gunicorn restarted on $VENV_DIR: ${OLD_VENV:+a new Python}${OLD_VENV:-new dependencies} (a HUP would keep the old ones)"
     elif [ "$was_running" = yes ]; then
         ctl signal HUP "$SLUG:$SLUG-gunicorn" | sed 's/^/    /'
         say "gunicorn reloaded gracefully (HUP): new code, Redis untouched, sessions kept"
     fi
     ctl start "$SLUG:*" >/dev/null 2>&1 || true
     wait_programs
+    if [ -n "$STAND_IN_PID" ]; then
+        HINT="gunicorn on $VENV_DIR does not answer on run/gunicorn.sock: see $APP_ROOT/logs/gunicorn.log."
+        wait_gunicorn_answers "$APP_ROOT/run/gunicorn.sock"
+        stop_stand_in
+    fi
+    remove_old_venvs
+}
+
+STAND_IN_PID=""
+
+start_stand_in() {
+    # A second gunicorn from the venv that is about to run, on
+    # run/gunicorn-next.sock: nginx's backup server (site.conf) for the
+    # requests that find no listener while gunicorn restarts.
+    local socket="$APP_ROOT/run/gunicorn-next.sock"
+    rm -f "$socket"
+    setpriv --reuid="$APP_USER" --regid="$APP_USER" --init-groups \
+        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" GUNICORN_SOCKET_NAME=gunicorn-next \
+        GUNICORN_SOCKET_GROUP="$WEB_GROUP" "$VENV_DIR/bin/python" -m gunicorn \
+        --config "$APP_ROOT/deploy/gunicorn.conf.py" >>"$APP_ROOT/logs/gunicorn-next.log" 2>&1 &
+    STAND_IN_PID=$!
+    HINT="the stand-in gunicorn on $VENV_DIR did not answer: see $APP_ROOT/logs/gunicorn-next.log."
+    wait_gunicorn_answers "$socket"
+    say "stand-in gunicorn (pid $STAND_IN_PID) answers on run/gunicorn-next.sock while gunicorn restarts"
+}
+
+stop_stand_in() {
+    # TERM is gunicorn's graceful stop: its requests in flight finish first.
+    [ -n "$STAND_IN_PID" ] || return 0
+    kill -TERM "$STAND_IN_PID" 2>/dev/null || true
+    wait "$STAND_IN_PID" 2>/dev/null || true
+    say "stand-in gunicorn (pid $STAND_IN_PID) stopped"
+    STAND_IN_PID=""
+}
+
+wait_gunicorn_answers() {
+    # Straight to the socket, past nginx: /healthz with the site's name.
+    local status=""
+    for _ in $(seq 150); do
+        status="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "$1" \
+            -H "X-Forwarded-Proto: https" "http://$DOMAIN/healthz" || true)"
+        [ "$status" = 200 ] && return 0
+        sleep 0.2
+    done
+    say "$1: /healthz answered HTTP ${status:-nothing} for 30 s"
+    return 1
 }
 
 say_lines() {

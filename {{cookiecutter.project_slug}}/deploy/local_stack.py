@@ -310,8 +310,8 @@ def postgres_bindir(program="postgres", data=None, root=PG_ROOT):
         others = ", ".join(path.parent.name for path in installed) or "none"
         raise StackError(
             f"{data} is a PostgreSQL {version} cluster and {root / version / 'bin' / program} is missing "
-            f"(installed: {others}): sudo apt-get install postgresql-{version}, or move {data} away "
-            "and `make up` makes a new, empty cluster."
+            f"(installed: {others}): sudo apt-get install postgresql-{version} (apt.postgresql.org has it when "
+            f"your release does not) and `make backup`, or move {data} away and `make up` makes a new, empty cluster."
         )
     if not installed:
         raise StackError(

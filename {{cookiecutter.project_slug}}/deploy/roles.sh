@@ -170,7 +170,7 @@ is_local_address() {
 data_preflight() {
     validate_role
     [ "$(id -u)" -eq 0 ] || fail "must run as root: sudo ROLE=data deploy/install.sh"
-    [ -r /etc/debian_version ] || fail "this is not Debian: install.sh uses apt and Debian's PostgreSQL and supervisor layout (Debian 12 expected)."
+    check_release
     trap on_error ERR
     echo "install.sh: ROLE=data for $SLUG on $DATA_ADDRESS (files in $DATA_ROOT)"
 }
@@ -447,7 +447,13 @@ data_wait_redis() {
     done
 }
 
-postgres_version() { find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1; }
+postgres_version() {
+    # This site's cluster where one exists: after a Debian upgrade it stays on
+    # the old version (15) until pg_upgradecluster; else the newest server.
+    local existing
+    existing="$(pg_lsclusters -h 2>/dev/null | awk -v name="$SLUG" '$2 == name { print $1; exit }')"
+    echo "${existing:-$(pg_server_version)}"
+}
 
 data_postgres() {
     step "PostgreSQL: cluster '$SLUG' on $DATA_ADDRESS:$POSTGRES_PORT (TLS, scram-sha-256)" \

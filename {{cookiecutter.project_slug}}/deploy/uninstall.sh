@@ -143,7 +143,7 @@ if [ "$DATABASE" = "postgresql" ]; then
         # One line, whatever the cluster's state: the data is there to come back to.
         echo "uninstall.sh: the PostgreSQL database '$SLUG' and its role stay (cluster ${version:+$cluster on }port $PG_PORT); \`deploy/uninstall.sh --purge-data\` drops them."
     elif [ -z "$version" ] || [[ "$status" != online* ]]; then
-        fail "--purge-data: no running PostgreSQL cluster on port $PG_PORT (pg_lsclusters), so database '$SLUG' was not dropped: start it (pg_ctlcluster ${version:-15} ${name:-main} start), then run deploy/uninstall.sh --purge-data again."
+        fail "--purge-data: no running PostgreSQL cluster on port $PG_PORT (pg_lsclusters), so database '$SLUG' was not dropped: start it (pg_ctlcluster ${version:-$(pg_server_version)} ${name:-main} start), then run deploy/uninstall.sh --purge-data again."
     else
         IFS='|' read -r role owner <<<"$(pg_state "$cluster")"
         # Only what install.sh made: its role, and a database that role owns.
