@@ -59,6 +59,23 @@ APT = (
     " -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-unsafe-io"
 )
 FIGURES = {}
+# What systemd does on a server: each service stopped, then started on the new
+# binaries. The root has no systemd, so the init scripts do it.
+RESTARTS = {
+    "nginx": "service nginx restart",
+    "redis-server": "service redis-server restart",
+    # Debian's init script starts the new supervisord before the old one has
+    # exited, and the new one then gives up: stop, wait, start (as systemd does).
+    "supervisor": "pid=$(cat /run/supervisord.pid); service supervisor stop; "
+    "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; service supervisor start",
+    "postgresql": "pg_ctlcluster 15 main restart",
+}
+# The app users get uids that no user of this machine has: the machine's own
+# processes see the namespace's, and an uninstall.sh on the machine kills every
+# process of its app user's uid (`pgrep -u`), those in the root included.
+LOGIN_DEFS = (
+    "printf 'SYS_UID_MIN 45000\\nSYS_UID_MAX 45999\\nSYS_GID_MIN 45000\\nSYS_GID_MAX 45999\\n' >>/etc/login.defs"
+)
 
 
 def require_root_lane():
@@ -358,6 +375,7 @@ def upgrade_root(cookies_session, tmp_path_factory):
     ns = debian_root.Namespace(pristine, workdir / "ns", binds=binds)
     ns.start()
     try:
+        ns.run(LOGIN_DEFS)
         sites = []
         for slug, answers in SITES.items():
             ns.copy_in(projects[slug], f"/root/{slug}")
@@ -420,9 +438,8 @@ def test_the_upgrade_keeps_the_sites_and_the_sessions(upgrade_root):
 
     # 2. The services restart on the new packages (a real server's apt or reboot does this).
     with Stage("restart of the services", sites, workdir) as stage:
-        for name in ("nginx", "redis-server", "supervisor"):
-            stage.run(name, lambda name=name: ns.run(f"service {name} restart"))
-        stage.run("postgresql", lambda: ns.run("pg_ctlcluster 15 main restart"))
+        for name, command in RESTARTS.items():
+            stage.run(name, lambda command=command: ns.run(command))
         stage.run("serving again", lambda: wait_serving(sites))
     for site in sites:
         assert site.status() == 200, f"{site.slug}: not serving, or logged out, after the restart"
