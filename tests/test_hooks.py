@@ -190,6 +190,33 @@ def test_venv_commands_install_the_lock_prefer_uv_and_compile_bytecode(tmp_path)
     assert without[1][-2:] == ["-r", lock]
 
 
+def test_wheelhouse_judges_the_locks_markers_for_the_servers_python(tmp_path):
+    checkout = load_checkout()
+    applies = checkout.marker_applies
+    assert applies(" python_full_version < '3.11.3'", "3.11.2") and not applies(
+        "python_full_version < '3.11.3'", "3.13.5"
+    )
+    assert applies("python_full_version >= '3.11' and python_full_version < '3.13'", "3.12.1")
+    assert not applies("python_full_version >= '3.11' and python_full_version < '3.13'", "3.13.0")
+    assert applies("sys_platform == 'win32' or python_full_version < '3.11'", "3.10.4")
+    assert applies("implementation_name != 'pypy'") and not applies("sys_platform == 'win32'")
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(
+        "# a lock\ndjango==5.2.19 \\\n    --hash=sha256:cc\n"
+        "async-timeout==5.0.1 ; python_full_version < '3.11.3' \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+    )
+    assert checkout.locked_files(lock, "3.11.2") == [("django==5.2.19", {"cc"}), ("async-timeout==5.0.1", {"aa", "bb"})]
+    assert checkout.locked_files(lock, "3.13.5") == [("django==5.2.19", {"cc"})]
+    # A wheelhouse is judged by the hashes of its files, not their names.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "django-5.2.19-py3-none-any.whl").write_bytes(b"another file")
+    with pytest.raises(
+        checkout.CheckoutError, match=r"^WHEELHOUSE=.*/wheels: lacks django==5.2.19 \(requirements\.lock\)"
+    ):
+        checkout.check_wheelhouse(wheels, root=tmp_path)
+
+
 def test_remove_unused_files(tmp_path):
     (tmp_path / "deploy" / "redis").mkdir(parents=True)
     sessions = tmp_path / CONTEXT["project_slug"] / "sessions"

@@ -268,12 +268,12 @@ def check_wheelhouse(directory, root=ROOT, lock_name=LOCK):
             )
 
 
-def wheelhouse_command(pip, directory, python_version, machine, root=ROOT, lock_name=LOCK):
-    """pip download of every locked wheel for that Python and machine, hashes checked."""
+def wheelhouse_command(pip, requirements, directory, python_version, machine):
+    """pip download of every wheel in requirements for that Python and machine, hashes checked."""
     platforms = [arg for tag in MANYLINUX for arg in ("--platform", f"{tag}_{machine}")]
     return [*pip, "download", "--quiet", "--disable-pip-version-check",
             "--only-binary=:all:", "--no-deps", "--implementation", "cp", "--python-version", python_version,
-            *platforms, "--require-hashes", "-r", str(Path(root) / lock_name), "-d", str(directory)]  # fmt: skip
+            *platforms, "--require-hashes", "-r", str(requirements), "-d", str(directory)]  # fmt: skip
 
 
 def write_wheelhouse(directory, python_version=None, machine=None, lock_name=None):
@@ -285,9 +285,19 @@ def write_wheelhouse(directory, python_version=None, machine=None, lock_name=Non
         pip = [sys.executable, "-m", "pip"]
         if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
             # Debian's python3 has no pip of its own (a .venv made by uv neither): borrow a venv's.
-            subprocess.run([sys.executable, "-m", "venv", scratch], check=True)
-            pip = [f"{scratch}/bin/python", "-m", "pip"]
-        subprocess.run(wheelhouse_command(pip, directory, python_version, machine, lock_name=lock_name or LOCK), check=True)
+            subprocess.run([sys.executable, "-m", "venv", f"{scratch}/venv"], check=True)
+            pip = [f"{scratch}/venv/bin/python", "-m", "pip"]
+        # The markers judged for the server's Python here: pip judges
+        # python_full_version by the Python it runs on, whatever
+        # --python-version says (Debian 12's 3.11.2 needs async-timeout).
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(
+            "".join(
+                f"{pin} {' '.join(f'--hash=sha256:{digest}' for digest in sorted(hashes))}\n"
+                for pin, hashes in locked_files(ROOT / (lock_name or LOCK), python_version)
+            )
+        )
+        subprocess.run(wheelhouse_command(pip, requirements, directory, python_version, machine), check=True)
     return f"the wheels of {lock_name or LOCK} for Python {python_version} on {machine}"
 
 

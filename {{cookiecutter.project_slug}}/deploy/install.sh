@@ -366,6 +366,22 @@ venv_python() {
     if [ -n "$built" ] && [ "$built" = "$running" ]; then echo "$running"; fi
 }
 
+venv_links_versioned() {
+    # venv_links_versioned DIR: does the venv's python lead to a versioned
+    # interpreter (/usr/bin/python3.11)? An older install.sh linked it to
+    # /usr/bin/python3, which a Debian upgrade points at the next Python: the
+    # site would stop with the upgrade instead of at the next install.sh.
+    local link="$1/bin/python" target
+    for _ in 1 2 3; do
+        target="$(readlink "$link")" || return 1
+        case "$target" in
+        /*) [[ "$(basename "$target")" =~ ^python[0-9]+\.[0-9]+$ ]]; return ;;
+        *) link="$1/bin/$target" ;;
+        esac
+    done
+    return 1
+}
+
 make_venv() {
     step "Virtualenv $VENV" "see pip's error above; install.sh builds a new venv when the one in use does not fit."
     local python want current stamp lock_sha
@@ -381,7 +397,8 @@ make_venv() {
     # The venv in use: .venv links to it (a site installed before links
     # existed has .venv itself).
     current="$(readlink -f "$VENV" 2>/dev/null || true)"
-    if [ -n "$current" ] && [ -d "$current" ] && [ "$(venv_python "$current")" = "$want" ] && python_ok "$current/bin/python"; then
+    if [ -d "$current" ] && [ "$(venv_python "$current")" = "$want" ] && venv_links_versioned "$current" &&
+        python_ok "$current/bin/python"; then
         VENV_DIR="$current"
         say "in use: $VENV_DIR ($("$VENV_DIR/bin/python" --version), $python)"
     else
@@ -389,7 +406,7 @@ make_venv() {
         # the programs switch to once it is complete (step_supervisor).
         [ ! -d "$current" ] || OLD_VENV="$current"
         VENV_DIR="$(mktemp -d "$APP_ROOT/.venv-$want.XXXX")"
-        say "${OLD_VENV:+$OLD_VENV is for Python $(venv_python "$OLD_VENV" | grep . || echo "that is gone"), not $want: }new venv $VENV_DIR with $python ($("$python" --version))"
+        say "${OLD_VENV:+$OLD_VENV is for $(venv_links_versioned "$OLD_VENV" && echo "Python $(venv_python "$OLD_VENV" | grep . || echo "that is gone")" || echo "an unversioned python3"), not $want: }new venv $VENV_DIR with $python ($("$python" --version))"
         "$python" -m venv "$VENV_DIR"
     fi
     HINT="see pip's error above${WHEELHOUSE:+ (wheels from $WHEELHOUSE only)}; the venv in use is kept until a new one is complete."
@@ -670,13 +687,17 @@ start_stand_in() {
     # requests that find no listener while gunicorn restarts.
     local socket="$APP_ROOT/run/gunicorn-next.sock"
     rm -f "$socket"
+    # In the app root: the checkout install.sh runs from may be closed to the app user.
     setpriv --reuid="$APP_USER" --regid="$APP_USER" --init-groups \
-        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" GUNICORN_SOCKET_NAME=gunicorn-next \
+        env -i -C "$APP_ROOT" PATH=/usr/bin:/bin LANG=C.UTF-8 HOME="$APP_ROOT" GUNICORN_SOCKET_NAME=gunicorn-next \
         GUNICORN_SOCKET_GROUP="$WEB_GROUP" "$VENV_DIR/bin/python" -m gunicorn \
         --config "$APP_ROOT/deploy/gunicorn.conf.py" >>"$APP_ROOT/logs/gunicorn-next.log" 2>&1 &
     STAND_IN_PID=$!
-    HINT="the stand-in gunicorn on $VENV_DIR did not answer: see $APP_ROOT/logs/gunicorn-next.log."
-    wait_gunicorn_answers "$socket"
+    HINT="the stand-in gunicorn on $VENV_DIR did not answer: see $APP_ROOT/logs/gunicorn-next.log (its last lines are above)."
+    if ! wait_gunicorn_answers "$socket"; then
+        tail -n 15 "$APP_ROOT/logs/gunicorn-next.log" | sed 's/^/    | /'
+        false
+    fi
     say "stand-in gunicorn (pid $STAND_IN_PID) answers on run/gunicorn-next.sock while gunicorn restarts"
 }
 

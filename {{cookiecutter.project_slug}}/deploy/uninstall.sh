@@ -59,12 +59,15 @@ echo "uninstall.sh: $SLUG ($DOMAIN) in $APP_ROOT, keep data: $KEEP_DATA, purge d
 step "supervisor: stop and remove $SLUG:*"
 remove_supervisor_group "$SUPERVISOR_CONF" "$SLUG"
 # Nothing of the app may outlive it: wait for its user's processes to end.
+# Only this PID namespace's: a container on the same machine may have a user
+# with the same uid, and its processes are not this site's.
+app_pids() { pgrep --ns $$ --nslist pid -u "$APP_USER"; }
 if id -u "$APP_USER" >/dev/null 2>&1; then
     for _ in $(seq 100); do
-        pgrep -u "$APP_USER" >/dev/null || break
+        app_pids >/dev/null || break
         sleep 0.2
     done
-    if pids="$(pgrep -u "$APP_USER")"; then
+    if pids="$(app_pids)"; then
         say "still running as $APP_USER after 20 s, killing: $(echo "$pids" | tr '\n' ' ')"
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
