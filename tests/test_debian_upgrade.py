@@ -345,7 +345,7 @@ def print_figures(workdir):
             if slug in figures:
                 f = figures[slug]
                 print(
-                    f"    {slug}: {f['failed']} failed of {f['requests']} {f['statuses'] or ''}, "
+                    f"    {slug}: {f['failed']} of {f['requests']} requests without a 200 {f['statuses'] or ''}, "
                     f"{f['error_seconds']} s of error pages {f['outages'] or ''}"
                 )
 
@@ -399,7 +399,7 @@ def upgrade_root(cookies_session, tmp_path_factory):
 
 def install(site, python):
     """deploy/install.sh from the checkout in /root/<slug>, the wheels of `python` only."""
-    env = {"WHEELHOUSE": f"/wheels/{python}", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"/wheels/{python}"}
+    env = {"WHEELHOUSE": f"/wheels/{python}"}
     return site.ns.run("deploy/install.sh", cwd=f"/root/{site.slug}", env=env, check=False, timeout=900)
 
 
