@@ -49,8 +49,8 @@ ADMIN_PASSWORD = "upgrade-admin-" + "x7k2m9" * 2
 SITE_LOAD = Path(__file__).with_name("site_load.py")
 RATE = 10  # GETs a second per site: a steady trickle, enough to time an outage to 0.1 s
 UPGRADES = Path("/var/cache/socketstack-upgrade")
-# The runbook's line that points apt at trixie; the packages fetched for the
-# cache come from the same line, so their lists match the test's exactly.
+# The runbook, as the baked project has it: the test runs its commands (its
+# sources line also serves to fetch trixie's packages, so the lists match).
 DOC = "docs/upgrading-debian.md"
 # Every apt call: no question, the packaged config files where we changed none,
 # and no fsync per file (dpkg's default costs minutes on a busy CI disk).
