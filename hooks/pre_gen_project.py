@@ -181,12 +181,18 @@ def check_python(python, django_version, min_python):
 DATABASES = ("sqlite", "postgresql")
 
 
-def check_database(database):
+def check_database(database, slug="site"):
     # cookiecutter refuses a value outside the choices given on its command
     # line; this catches the ones that reach the hook another way (a replay
     # file, cruft, an edited context).
     if database not in DATABASES:
         raise InvalidAnswer("database", database, "use sqlite or postgresql", "<sqlite|postgresql>")
+    # The PostgreSQL role is named after the slug, and initdb and CREATE ROLE
+    # refuse names that begin with pg_ (reserved for the system's roles).
+    if database == "postgresql" and slug.startswith("pg_"):
+        raise InvalidAnswer(
+            "project_slug", slug, "PostgreSQL reserves role names that begin with pg_; pick another name", "<my_site>"
+        )
     return database
 
 
@@ -199,7 +205,7 @@ def validate(context):
     check_email(context["email"])
     check_timezone(context["timezone"])
     check_port(context["local_port"])
-    check_database(context["database"])
+    check_database(context["database"], context["project_slug"])
     check_python(context["python"], context["django_version"], context["__min_python"])
 
 

@@ -12,7 +12,8 @@ API (kept stable; other tests build on it):
     unavailable() -> str | None                why a root cannot be built or run here, or None
     build_root(suite, extra=()) -> Path        the pristine root, cached (built once)
     wheelhouse(python, locks) -> Path          wheels for that Python from pip lock files, cached
-    Namespace(pristine, scratch, binds=None)   a disposable copy of a root, in its own
+    Namespace(pristine, scratch, binds=None, memory=None)
+                                               a disposable copy of a root, in its own
                                                network (loopback only), PID and mount namespaces
         .start() / .stop()                     (also a context manager); stop() kills every
                                                process of the namespace and unmounts everything
@@ -22,12 +23,14 @@ API (kept stable; other tests build on it):
         .copy_in(src, dest, owner=None)        a host file or directory into the root
         .path(inside) -> Path                  a path of the root as the host sees it
         .mode                                  "overlay" or "copy": how the copy was made
+        .copy_seconds, .stop_seconds           what making and removing the copy took
     USER = "dev"                               the normal user every root has (uid 1000)
 
 The pristine root lives in /var/cache/socketstack-roots/<suite>-<key>, the key
 a hash of the suite, the mirror, the package list and BUILDER_VERSION: a new
 package list or builder gives a new root, and a half-built root never gets
-that name (it is built beside it, then renamed). Each Namespace works on its
+that name (it is built beside it, then renamed). Roots unused for 14 days are
+removed when a new one is built. Each Namespace works on its
 own copy: an overlayfs (lower: the pristine root, upper: the scratch
 directory) mounted inside the namespace's private mount namespace, or, where
 overlayfs does not work, `cp -a --reflink=auto`.
@@ -120,7 +123,7 @@ def unavailable():
     """Why a root cannot be built or run here (one line), or None when it can."""
     if os.geteuid() != 0:
         return "the Debian lane needs root (debootstrap, chroot, namespaces): CI runs it as root"
-    for tool in ("debootstrap", "unshare", "nsenter", "chroot", "ip", "mount"):
+    for tool in ("debootstrap", "unshare", "nsenter", "chroot", "mount"):
         if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
             return f"{tool} is not installed (bootstrap.sh installs debootstrap with apt-get)"
     try:
@@ -169,6 +172,7 @@ def build_root(suite, extra=()):
     packages = tuple(PACKAGES) + tuple(extra)
     final = ROOTS / f"{suite}-{root_key(suite, packages)}"
     if (final / ".socketstack-root").exists():
+        (final / ".socketstack-root").touch()  # in use: prune_roots keeps it
         return final
     with Locked(ROOTS / f".{final.name}.lock"):
         if (final / ".socketstack-root").exists():  # another run built it meanwhile
@@ -186,7 +190,17 @@ def build_root(suite, extra=()):
             building.rename(final)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+    prune_roots()
     return final
+
+
+def prune_roots(days=14):
+    """Remove cached roots unused for `days` (an older package list or builder
+    leaves its root behind, about 700 MB each)."""
+    for stamp in ROOTS.glob("*-*/.socketstack-root"):
+        if time.time() - stamp.stat().st_mtime > days * 86400:
+            with Locked(ROOTS / f".{stamp.parent.name}.lock"):
+                shutil.rmtree(stamp.parent, ignore_errors=True)
 
 
 def checked(command, timeout=1200, **kwargs):
@@ -268,29 +282,25 @@ def finish_root(target):
 
 
 def wheelhouse(python, locks):
-    """A directory with every wheel that the pip lock files `locks` pin, for
+    """A directory with every wheel that the lock files `locks` pin, for
     CPython `python` ("3.11", "3.13") on this machine's architecture.
 
-    Downloaded on the machine (the namespace has no network), every hash
-    checked by pip; a lock already downloaded (same content) is skipped. In
-    the root: PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>.
+    Each lock is a baked project's, and its own `make wheelhouse` code
+    (deploy/checkout.py wheelhouse, which judges the lock's markers for that
+    Python) downloads it on the machine (the namespace has no network), every
+    hash checked by pip; a lock already downloaded (same content) is skipped.
+    In the root: WHEELHOUSE=<dir> for install.sh, PIP_NO_INDEX=1
+    PIP_FIND_LINKS=<dir> for make venv.
     """
     house = WHEELS / python
     house.mkdir(parents=True, exist_ok=True)
-    machine = platform.machine()
-    platforms = [f"manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28", "_2_34")]
-    if machine == "x86_64":
-        platforms += ["manylinux1_x86_64", "manylinux2010_x86_64"]
     with Locked(WHEELS / f".{python}.lock"):
         for lock in map(Path, locks):
             stamp = house / f".lock-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
             if stamp.exists():
                 continue
-            command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
-            command += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-            command += [arg for p in platforms for arg in ("--platform", p)]
-            command += ["--require-hashes", "-r", str(lock), "-d", str(house)]
-            checked(command)
+            checkout = lock.parent / "deploy" / "checkout.py"
+            checked([sys.executable, checkout, "wheelhouse", house, python, platform.machine(), lock.name])
             stamp.touch()
     return house
 
@@ -298,12 +308,19 @@ def wheelhouse(python, locks):
 # Running -------------------------------------------------------------------------
 
 # PID 1 of the namespace: it sets up the root's mounts (the mount namespace is
-# private: nothing of this shows outside), brings loopback up with the
-# machine's `ip` (minbase has no iproute2), then becomes the reaper.
+# private: nothing of this shows outside), brings loopback up (with the
+# machine's `ip`, else the root's: PACKAGES has iproute2, minbase has not),
+# then becomes the reaper.
 INIT = r"""
 set -eu
-root=$1 mode=$2 lower=$3 upper=$4 work=$5 python=$6 binds=$7
+root=$1 mode=$2 lower=$3 upper=$4 work=$5 python=$6 binds=$7 memory=$8
 mount --make-rprivate /
+if [ -n "$memory" ]; then
+    # The overlay's writable half in memory: gone with the namespace.
+    mount -t tmpfs -o "size=$memory,mode=0755" changes "$upper"
+    mkdir "$upper/upper" "$upper/work"
+    work=$upper/work upper=$upper/upper
+fi
 if [ "$mode" = overlay ]; then
     mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
 fi
@@ -330,7 +347,7 @@ while IFS='|' read -r source inside; do
     mount --bind -o ro "$source" "$root$inside"
     mount -o remount,bind,ro "$root$inside"
 done <<<"$binds"
-ip link set lo up
+if command -v ip >/dev/null; then ip link set lo up; else chroot "$root" ip link set lo up; fi
 exec "$python" -c "$REAPER" "$root"
 """
 
@@ -370,16 +387,23 @@ def overlay_works(scratch):
 class Namespace:
     """A disposable copy of a pristine root, running in its own network (loopback
     only), PID and mount namespaces. `binds` maps host directories to paths
-    inside the root, mounted read-only (a wheelhouse, for example)."""
+    inside the root, mounted read-only (a wheelhouse, for example).
 
-    def __init__(self, pristine, scratch, binds=None, mode=None):
+    memory="4g": the copy's changes live in a tmpfs of at most that size
+    inside the namespace (overlay mode only), not in `scratch`: nothing to
+    delete at stop(), which on a disk mounted with `discard` takes longer
+    than the tests (tens of seconds for a few venvs)."""
+
+    def __init__(self, pristine, scratch, binds=None, mode=None, memory=None):
         self.pristine = Path(pristine)
         self.scratch = Path(scratch)
         self.binds = dict(binds or {})
         self.mode = mode
+        self.memory = memory
         self.process = None
         self.pid = None
         self.copy_seconds = None
+        self.stop_seconds = None
 
     def __enter__(self):
         return self.start()
@@ -402,7 +426,8 @@ class Namespace:
         self.copy_seconds = time.monotonic() - started
         binds = "\n".join(f"{source}|{inside}" for inside, source in self.binds.items())
         command = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "bash", "-c", INIT, "init"]
-        command += [str(self.root), self.mode, str(self.pristine), str(upper), str(work), sys.executable, binds]
+        memory = self.memory if self.mode == "overlay" and self.memory else ""
+        command += [str(self.root), self.mode, str(self.pristine), str(upper), str(work), sys.executable, binds, memory]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -432,6 +457,7 @@ class Namespace:
         rest), which also drops its mounts; then remove the copy."""
         if self.process is None:
             return
+        started = time.monotonic()
         if self.process.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -442,9 +468,10 @@ class Namespace:
         self.process.stderr.close()
         self.process = None
         atexit.unregister(self.stop)
-        shutil.rmtree(self.scratch / "root", ignore_errors=True)
-        shutil.rmtree(self.scratch / "upper", ignore_errors=True)
-        shutil.rmtree(self.scratch / "work", ignore_errors=True)
+        killed = time.monotonic()
+        for name in ("root", "upper", "work"):
+            shutil.rmtree(self.scratch / name, ignore_errors=True)
+        self.stop_seconds = {"kill": killed - started, "remove": time.monotonic() - killed}
 
     def processes(self):
         """(pid as the machine sees it, command line) of every process in the namespace but PID 1."""

@@ -217,6 +217,22 @@ def test_wheelhouse_judges_the_locks_markers_for_the_servers_python(tmp_path):
         checkout.check_wheelhouse(wheels, root=tmp_path)
 
 
+def test_make_venv_refuses_a_python_older_than_requires_python_before_making_anything(tmp_path):
+    checkout = load_checkout()
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nrequires-python = ">=3.99"\n')
+    with pytest.raises(checkout.CheckoutError) as refused:
+        checkout.check_interpreter(sys.executable, tmp_path)
+    found = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert str(refused.value).startswith(
+        f"make venv: PYTHON={sys.executable} is Python {found}, and this project needs Python >= 3.99"
+    )
+    with pytest.raises(checkout.CheckoutError, match=r"^make venv: PYTHON=/no/python does not run"):
+        checkout.check_interpreter("/no/python", tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\nrequires-python = ">=3.10"\n')
+    checkout.check_interpreter(sys.executable, tmp_path)
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_remove_unused_files(tmp_path):
     (tmp_path / "deploy" / "redis").mkdir(parents=True)
     sessions = tmp_path / CONTEXT["project_slug"] / "sessions"

@@ -375,6 +375,10 @@ def test_database_mysql_is_refused(tmp_path):
     with pytest.raises(pre.InvalidAnswer, match=r"^database: 'mysql' is not valid: use sqlite or postgresql"):
         pre.check_database("mysql")
     assert pre.check_database("postgresql") == "postgresql"
+    # The slug names the PostgreSQL role, and PostgreSQL reserves pg_*.
+    with pytest.raises(pre.InvalidAnswer, match=r"^project_slug: 'pg_site' is not valid: PostgreSQL reserves role"):
+        pre.check_database("postgresql", "pg_site")
+    assert pre.check_database("sqlite", "pg_site") == "sqlite"
     # On the command line cookiecutter refuses it first, before the hook runs.
     out = tmp_path / "out"
     out.mkdir()

@@ -154,13 +154,36 @@ def find_uv(root=ROOT):
     )
 
 
+def min_python(root=ROOT):
+    """The X.Y of pyproject.toml's requires-python."""
+    return re.search(r"\d+\.\d+", read_toml(Path(root) / "pyproject.toml")["project"]["requires-python"]).group()
+
+
+def check_interpreter(interpreter, root=ROOT):
+    """Raise CheckoutError when interpreter is missing or older than requires-python."""
+    minimum = min_python(root)
+    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    try:
+        found = subprocess.run([interpreter, "-c", code], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise CheckoutError(f"make venv: PYTHON={interpreter} does not run: give a python{minimum} or newer.")
+    if tuple(map(int, found.split("."))) < tuple(map(int, minimum.split("."))):
+        raise CheckoutError(
+            f"make venv: PYTHON={interpreter} is Python {found}, and this project needs Python >= {minimum} "
+            f"(requires-python in pyproject.toml): make venv PYTHON=python{minimum} (Debian 13's python3 is 3.13; "
+            f"elsewhere `uv python install {minimum}` or pyenv)."
+        )
+
+
 def lock(root=ROOT, uv=None):
     """Resolve both locks again: the newest versions that pyproject.toml allows."""
     root = Path(root)
     uv = uv or find_uv(root)
     if not uv:
         raise CheckoutError("make lock: needs uv: run `make venv` (it installs uv into .venv) or put uv on PATH.")
-    minimum = re.search(r"\d+\.\d+", read_toml(root / "pyproject.toml")["project"]["requires-python"]).group()
+    minimum = min_python(root)
     header = (
         "# Written by `make lock` (deploy/checkout.py): do not edit. Every Python >= "
         f"{minimum}, every file hashed.\n{MARK}{dependencies_digest(root)}\n"
@@ -305,6 +328,9 @@ def make_venv(root=ROOT, python=None, uv=None, say=print):
     """Check the lock, then make .venv with it; raise CheckoutError on failure."""
     check_lock(root)
     interpreter = shutil.which(python or "python3") or python
+    # Before anything is made: pip would otherwise leave a .venv that cannot
+    # install the locked Django (6.1 needs 3.12).
+    check_interpreter(interpreter, root)
     commands = venv_commands(root, interpreter, uv)
     if (Path(root) / ".venv" / "bin" / "python").exists():
         commands = commands[1:]  # keep it: install the locked versions into it
