@@ -154,10 +154,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 MEDIA_URL = "media/"
-# Hashed file names let nginx send /static/ with a one-year, immutable cache.
+# Hashed file names let nginx send /static/ with a one-year, immutable cache;
+# the .gz and .br copies written beside them let it send them compressed
+# ({{ cookiecutter.project_slug }}/storage.py).
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "{{ cookiecutter.project_slug }}.storage.CompressedManifestStaticFilesStorage"},
 }
 
 # nginx terminates TLS and says so in X-Forwarded-Proto. SITE_HTTPS is on for
