@@ -29,26 +29,29 @@ ENCODINGS = {
     ".gz": lambda data: gzip.compress(data, compresslevel=9, mtime=0),
     # Quality 10: the admin's 1.42 MB of hashed text (125 files, one busy
     # 2-core machine) gives 349 kB at 9 (1.2 s), 321 kB at 10 (3.2 s), 314 kB
-    # at 11 (5.2 s); gzip -9: 387 kB in 0.2 s. Files done before are skipped.
+    # at 11 (5.2 s); gzip -9: 387 kB in 0.2 s. Only once per file (below).
     ".br": lambda data: brotli.compress(data, quality=10),
 }
 
 
 def compress_file(path):
-    """Write path.gz and path.br unless they are up to date; leave out those that would not be smaller."""
+    """Write path.gz and path.br where missing; leave out those that would not be smaller.
+
+    For hashed names only: the name changes with the content, so a copy that
+    exists is of these bytes. (Django writes some hashed files again on each
+    collectstatic, so their times say nothing.)
+    """
     path = Path(path)
     data = None
     for suffix, compress in ENCODINGS.items():
         target = path.with_name(path.name + suffix)
-        if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+        if target.exists():
             continue
         data = path.read_bytes() if data is None else data
         packed = compress(data)
         if len(packed) >= len(data):
-            # nginx then sends the file itself; a stale copy must not win.
-            target.unlink(missing_ok=True)
-            continue
-        # Through a temporary name: nginx may be serving the old copy now.
+            continue  # nginx sends the file itself
+        # Through a temporary name: nginx never finds a half-written copy.
         partial = target.with_name(f".{target.name}.partial")
         partial.write_bytes(packed)
         os.replace(partial, target)
