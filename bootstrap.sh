@@ -11,6 +11,7 @@ cd "$(dirname "$0")"
 PACKAGES=(
     redis-server
     nginx
+    libnginx-mod-http-brotli-static
     make
     curl
     openssl

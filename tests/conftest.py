@@ -79,6 +79,20 @@ def require(binary):
     pytest.skip(message)
 
 
+# Debian's libnginx-mod-http-brotli-static, as deploy/render.py looks for it.
+BROTLI_MODULE = Path("/usr/lib/nginx/modules/ngx_http_brotli_static_module.so")
+
+
+def require_brotli_module():
+    """nginx's brotli_static module: a failure in CI, a skip on a laptop."""
+    if BROTLI_MODULE.exists():
+        return BROTLI_MODULE
+    message = f"{BROTLI_MODULE} is missing (bootstrap.sh installs libnginx-mod-http-brotli-static)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @functools.cache
 def python_for(django_version):
     """An interpreter new enough for the Django choice, or None."""

@@ -25,6 +25,7 @@ from conftest import (
     django_python,
     project_module,
     require,
+    require_brotli_module,
     run,
     run_parallel,
 )
@@ -187,7 +188,35 @@ def test_nginx_accepts_local_config(baked):
     nginx = require("nginx")
     run([sys.executable, "deploy/local_stack.py", "render"], project)
     result = run([nginx, "-t", "-p", project / "run" / "nginx", "-c", "nginx.conf", "-e", "stderr"], project)
-    assert "syntax is ok" in result.stderr
+    assert "syntax is ok" in result.stderr and "[warn]" not in result.stderr, result.stderr
+
+
+def test_local_nginx_serves_brotli_where_the_module_is(baked):
+    project, _ = baked
+    require_brotli_module()
+    run([sys.executable, "deploy/local_stack.py", "render"], project)
+    assert (
+        "\nload_module /usr/lib/nginx/modules/ngx_http_brotli_static_module.so;"
+        in (project / "run" / "nginx" / "nginx.conf").read_text()
+    )
+    assert "    brotli_static on;" in (project / "run" / "nginx" / "locations.conf").read_text()
+
+
+def test_without_the_brotli_module_nginx_sends_gzip_only(baked, tmp_path):
+    """deploy/render.py leaves out load_module and brotli_static: an nginx
+    without the module accepts the local config (the server's: test_matrix)."""
+    project, _ = baked
+    nginx = require("nginx")
+    render = project_module(project, "deploy/render.py")
+    local_stack = project_module(project, "deploy/local_stack.py")
+    values = local_stack.local_values(8000)
+    for template in local_stack.local_nginx_templates():
+        text = render.fill_in(template.read_text(), values, brotli=False)
+        assert "brotli_static " not in re.sub(r"#.*", "", text), template.name
+        (tmp_path / ("nginx.conf" if template.name == "local.conf" else template.name)).write_text(text)
+    assert "gzip_static on;" in (tmp_path / "locations.conf").read_text()
+    result = run([nginx, "-t", "-p", tmp_path, "-c", tmp_path / "nginx.conf", "-e", "stderr"], project)
+    assert "syntax is ok" in result.stderr and "[warn]" not in result.stderr, result.stderr
 
 
 def test_supervisord_parses_config(baked):

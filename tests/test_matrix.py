@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    BROTLI_MODULE,
     CHOICES,
     FREE_TEXT,
     MATRIX_DOMAIN,
@@ -72,8 +73,11 @@ def server_main_conf(directory, site, catch_all):
     """A minimal nginx.conf around the rendered server site, with every path in `directory`."""
     temp = directory / "temp"
     temp.mkdir(exist_ok=True)
+    # As Debian's nginx.conf does through /etc/nginx/modules-enabled/: the
+    # site has brotli_static exactly where the module is (deploy/render.py).
+    brotli = f"load_module {BROTLI_MODULE};\n" if BROTLI_MODULE.exists() else ""
     return (
-        f"pid {directory}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n"
+        f"{brotli}pid {directory}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n"
         "    include /etc/nginx/mime.types;\n"
         f"    access_log {directory}/access.log;\n"
         + "".join(
@@ -152,6 +156,10 @@ def test_nginx_accepts_server_site(matrix, rendered, combo):
     # The locations must not add headers: that would drop HSTS there.
     directives = [line.split("#", 1)[0] for line in locations.read_text().splitlines()]
     assert not any("add_header" in line for line in directives)
+    # Precompressed static files; brotli only where nginx has the module.
+    assert "    gzip_static on;" in directives
+    assert ("    brotli_static on;" in directives) == BROTLI_MODULE.exists()
+    assert "add_header Cache-Control $socketstack_cache_control;" in text
     assert "return 444" in catch_all.read_text() and "default_server" in catch_all.read_text()
     main = files["main"]
     result = run([nginx, "-t", "-p", main.parent, "-c", main, "-e", "stderr"], main.parent)

@@ -1,14 +1,26 @@
 """The local stack end to end: real redis-server x2, gunicorn, supervisord
 and nginx from a baked project's `make up`, reached through nginx only."""
 
+import gzip
 import json
 import re
 import socket
 import stat
+from pathlib import Path
 
+import brotli
 import pytest
 import requests
-from conftest import Stack, bake, free_port, project_processes, run, start_stack, stop_stack
+from conftest import (
+    Stack,
+    bake,
+    free_port,
+    project_processes,
+    require_brotli_module,
+    run,
+    start_stack,
+    stop_stack,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -71,13 +83,95 @@ def test_static_file_served_by_nginx_with_long_cache(stack):
     response = requests.get(f"{stack.base_url}/static/{hashed}", timeout=10)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/css"
-    assert "max-age=31536000" in response.headers["Cache-Control"]
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert "Expires" not in response.headers
     # Django would add X-Frame-Options; nginx serving the file does not, and
     # gunicorn never saw the request.
     assert "X-Frame-Options" not in response.headers
     assert stack.log("gunicorn.log").count("/static/") == before
     unhashed = requests.get(f"{stack.base_url}/static/admin/css/base.css", timeout=10)
     assert unhashed.headers["Cache-Control"] == "max-age=3600"
+
+
+# What the project's storage compresses ({{cookiecutter.project_slug}}/storage.py COMPRESSIBLE).
+TEXT_SUFFIXES = set(".css .js .mjs .map .json .svg .txt .html .htm .xml .ico .ttf .otf".split())
+# Encoding: (suffix of the copy beside the file, how the test compresses and decodes it).
+ENCODINGS = {
+    "br": (".br", lambda data: brotli.compress(data, quality=10), brotli.decompress),
+    "gzip": (".gz", lambda data: gzip.compress(data, 9), gzip.decompress),
+}
+SECURITY_HEADERS = ("X-Content-Type-Options", "Referrer-Policy", "Content-Security-Policy", "Permissions-Policy")
+
+
+def raw_get(session, url, accept):
+    """GET url with Accept-Encoding: accept; (headers, body exactly as sent, still encoded)."""
+    response = session.get(url, headers={"Accept-Encoding": accept}, stream=True, timeout=10)
+    assert response.status_code == 200, url
+    return response.headers, response.raw.read(decode_content=False)
+
+
+def expected_encoding(static, name, accept):
+    """What nginx must send for `Accept-Encoding: accept`: the first copy that exists, br before gzip."""
+    original = (static / name).read_bytes()
+    for encoding, (suffix, compress, _) in ENCODINGS.items():
+        if encoding not in accept:
+            continue
+        if (static / f"{name}{suffix}").exists():
+            return encoding
+        # collectstatic leaves a copy out only when it would not be smaller.
+        assert len(compress(original)) >= len(original), (name, suffix)
+    return None
+
+
+def test_every_hashed_text_file_goes_out_compressed_as_asked(stack):
+    """br or gzip as the client asks, the same bytes once decoded, immutable,
+    Vary: Accept-Encoding, and the security headers still there."""
+    require_brotli_module()
+    static = stack.project / "static"
+    hashed = sorted(set(json.loads((static / "staticfiles.json").read_text())["paths"].values()))
+    texts = [name for name in hashed if Path(name).suffix.lower() in TEXT_SUFFIXES]
+    # The admin's css, js and svg, nearly all with both copies.
+    assert len(texts) > 100 and len(list(static.rglob("*.br"))) > 100
+    session = requests.Session()
+    for name in texts:
+        original = (static / name).read_bytes()
+        url = f"{stack.base_url}/static/{name}"
+        for accept in ("br", "gzip", "gzip, deflate, br", "identity"):
+            headers, body = raw_get(session, url, accept)
+            expected = expected_encoding(static, name, accept)
+            assert headers.get("Content-Encoding") == expected, (name, accept)
+            assert (ENCODINGS[expected][2](body) if expected else body) == original, (name, accept)
+            assert headers["Cache-Control"] == "public, max-age=31536000, immutable", name
+            assert all(header in headers for header in SECURITY_HEADERS), (name, headers)
+            if expected:
+                assert headers["Vary"] == "Accept-Encoding", name
+
+
+def test_images_are_sent_as_they_are(stack):
+    """A png (compressed already) gets no .gz or .br and no Content-Encoding."""
+    static = stack.project / "static"
+    image = static / "photo.0123456789ab.png"
+    image.write_bytes(bytes(range(256)) * 16)
+    try:
+        headers, body = raw_get(requests.Session(), f"{stack.base_url}/static/{image.name}", "gzip, deflate, br")
+    finally:
+        image.unlink()
+    assert "Content-Encoding" not in headers and body == bytes(range(256)) * 16
+    assert headers["Content-Type"] == "image/png"
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    # And collectstatic wrote no compressed copy of any image of its own.
+    assert not [path for path in static.rglob("*.png.*") if path.suffix in (".gz", ".br")]
+
+
+def test_pages_and_json_are_gzipped_on_the_fly(stack):
+    session = requests.Session()
+    for path in ("/admin/login/", "/healthz"):
+        headers, body = raw_get(session, f"{stack.base_url}{path}", "gzip")
+        assert headers.get("Content-Encoding") == "gzip", path
+        assert "Accept-Encoding" in headers["Vary"], path
+    headers, body = raw_get(session, f"{stack.base_url}/admin/login/", "gzip")
+    assert b"csrfmiddlewaretoken" in gzip.decompress(body)
+    assert all(header in headers for header in SECURITY_HEADERS), headers
 
 
 def test_dotfiles_are_not_served(stack):

@@ -53,7 +53,7 @@ ACME_SERVER="${ACME_SERVER:-https://acme-v02.api.letsencrypt.org/directory}"
 ACME_CA_BUNDLE="${ACME_CA_BUNDLE:-}"
 ACME_FAILED=""
 PAGE_CACHE_SNIPPETS=(page-cache-zone page-cache)
-PACKAGES=(nginx redis-server supervisor python3-venv openssl rsync curl ca-certificates)
+PACKAGES=(nginx libnginx-mod-http-brotli-static redis-server supervisor python3-venv openssl rsync curl ca-certificates)
 umask 027
 
 STEP=""
@@ -789,6 +789,8 @@ step_nginx() {
     say "$www in group $WEB_GROUP (reaches run/gunicorn.sock, static/, media/), not in $APP_USER"
     install -d -m 0755 /etc/nginx/snippets "$STATE_DIR"
     render_nginx "$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT" "$CERT" "$KEY"
+    [ -e /usr/lib/nginx/modules/ngx_http_brotli_static_module.so ] ||
+        say "no brotli module (libnginx-mod-http-brotli-static): static files go out gzip only"
     nginx_files=("$NGINX_SITE" "$NGINX_LOCATIONS" "$NGINX_DEFAULT")
     for name in "${PAGE_CACHE_SNIPPETS[@]}"; do
         [ ! -e "/etc/nginx/snippets/$SLUG-$name.conf.new" ] || nginx_files+=("/etc/nginx/snippets/$SLUG-$name.conf")

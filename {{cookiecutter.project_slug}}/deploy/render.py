@@ -22,6 +22,10 @@ from pathlib import Path
 
 DEPLOY = Path(__file__).resolve().parent
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+# Debian's libnginx-mod-http-brotli-static (deploy/install.sh installs it;
+# its /etc/nginx/modules-enabled/ line loads it into the server's nginx).
+BROTLI_STATIC = Path("/usr/lib/nginx/modules/ngx_http_brotli_static_module.so")
+BROTLI_LINE = re.compile(r"^[ \t]*(brotli_static |load_module \S*ngx_http_brotli_static_module\.so;)")
 
 
 class RenderError(Exception):
@@ -56,11 +60,13 @@ def http2_as_listen_flag(text):
     return re.sub(r"^([ \t]*listen [^;#]*\bssl\b)", r"\1 http2", text, flags=re.MULTILINE)
 
 
-def fill_in(text, values, ipv6=None, nginx=None):
+def fill_in(text, values, ipv6=None, nginx=None, brotli=None):
     """Replace every @NAME@ with values[NAME]; a placeholder without a value is an error.
 
-    The result suits this machine: no IPv6 listeners where it has none, and
-    http2 spelled for its nginx (nginx: a version tuple, default the installed one).
+    The result suits this machine: no IPv6 listeners where it has none,
+    http2 spelled for its nginx (nginx: a version tuple, default the installed
+    one), and no brotli_static where the module is missing (brotli: a bool,
+    default whether BROTLI_STATIC exists), so that nginx sends the .gz files.
     """
 
     def value(match):
@@ -72,6 +78,9 @@ def fill_in(text, values, ipv6=None, nginx=None):
     if not (has_ipv6() if ipv6 is None else ipv6):
         # No IPv6 on this machine: nginx could not bind [::].
         text = "".join(line for line in text.splitlines(keepends=True) if "listen [::]" not in line)
+    if not (BROTLI_STATIC.exists() if brotli is None else brotli):
+        # nginx would refuse the unknown directive; gzip_static stays.
+        text = "".join(line for line in text.splitlines(keepends=True) if not BROTLI_LINE.match(line))
     if "http2 on;" in text and (nginx or nginx_version() or (1, 22, 1)) < (1, 25, 1):
         text = http2_as_listen_flag(text)
     return text

@@ -65,7 +65,7 @@ class CompressedManifestStaticFilesStorage(ManifestStaticFilesStorage):
         yield from super().post_process(paths, dry_run=dry_run, **options)
         if dry_run:
             return
-        # The hashed names only: {% static %} links to them. The unhashed
+        # The hashed names only: templates link to them ("static" tag). The unhashed
         # copies stay as they are (compressing them too doubled the time).
         for name in sorted(set(self.hashed_files.values())):
             if Path(name).suffix.lower() in COMPRESSIBLE:
