@@ -349,7 +349,20 @@ def test_security_headers_on_pages_and_static_files(server):
         assert headers.get("referrer-policy") == ["same-origin"], path
         assert headers.get("server") == ["nginx"], path  # server_tokens off: no version
     status, headers, _ = server.get(f"/static/{hashed}")
-    assert status == 200 and "max-age=31536000" in headers["cache-control"][0]
+    assert status == 200 and headers["cache-control"] == ["public, max-age=31536000, immutable"]
+
+
+def test_static_files_go_out_precompressed(server):
+    """install.sh installed Debian's brotli module, collectstatic wrote the
+    copies, and the system nginx sends them (byte for byte: test_stack.py)."""
+    manifest = server.app_root / "static" / "staticfiles.json"
+    hashed = re.search(r'"admin/css/base\.css": "([^"]+)"', manifest.read_text()).group(1)
+    for accept, encoding in (("br", "br"), ("gzip", "gzip"), ("gzip, deflate, br", "br")):
+        status, headers, _ = server.get(f"/static/{hashed}", "-H", f"Accept-Encoding: {accept}")
+        assert status == 200 and headers.get("content-encoding") == [encoding], (accept, headers)
+        assert headers["vary"] == ["Accept-Encoding"] and "strict-transport-security" in headers
+    _, headers, body = server.get("/admin/login/", "-H", "Accept-Encoding: gzip", jar=False)
+    assert headers.get("content-encoding") == ["gzip"], headers
 
 
 def test_anonymous_pages_come_from_nginx_cache(server):
