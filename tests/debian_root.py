@@ -58,7 +58,7 @@ from pathlib import Path
 ROOTS = Path("/var/cache/socketstack-roots")
 WHEELS = Path("/var/cache/socketstack-wheels")
 # Bump when the way a root is built changes: every cached root is then rebuilt.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 USER = "dev"
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # What the project needs on a server and for development (install.sh's
@@ -69,6 +69,7 @@ PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # tests see install.sh's no-systemd path all the same, by /run/systemd/system).
 PACKAGES = (
     "nginx",
+    "libnginx-mod-http-brotli-static",
     "redis-server",
     "supervisor",
     "python3-venv",
