@@ -58,7 +58,7 @@ from pathlib import Path
 ROOTS = Path("/var/cache/socketstack-roots")
 WHEELS = Path("/var/cache/socketstack-wheels")
 # Bump when the way a root is built changes: every cached root is then rebuilt.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 2
 USER = "dev"
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # What the project needs on a server and for development (install.sh's
