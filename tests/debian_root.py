@@ -41,6 +41,7 @@ there reaches the machine's ports, and the machine's services are not seen.
 """
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -54,6 +55,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 ROOTS = Path("/var/cache/socketstack-roots")
 WHEELS = Path("/var/cache/socketstack-wheels")
@@ -147,6 +150,28 @@ def unavailable():
 
 
 # Building ---------------------------------------------------------------------
+
+
+def require_lane():
+    """The lane's tools and rights: a failure in CI, a skip on a laptop (like conftest's `require`)."""
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class Timings(dict):
+    """Seconds per label, added up over the `with timings.timed(label):` blocks."""
+
+    @contextlib.contextmanager
+    def timed(self, label):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self[label] = self.get(label, 0) + time.monotonic() - started
 
 
 def root_key(suite, packages):

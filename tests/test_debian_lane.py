@@ -17,7 +17,6 @@ of the other one (to try both directions on one machine).
 import os
 import re
 import subprocess
-import time
 
 import debian_root
 import pytest
@@ -61,7 +60,8 @@ BAKES = {
 UID_RANGE = ("SYS_UID_MIN 46000", "SYS_UID_MAX 46999", "SYS_GID_MIN 46000", "SYS_GID_MAX 46999")
 LOGIN_DEFS = ["sh", "-c", 'printf "%s\\n" "$@" >>/etc/login.defs', "sh", *UID_RANGE]
 # Seconds of each phase, printed at the end of the module (pytest -s shows them).
-TIMES = {}
+TIMES = debian_root.Timings()
+timed = TIMES.timed
 
 
 def python_at_least(version, minimum):
@@ -71,27 +71,6 @@ def python_at_least(version, minimum):
 def runs_django_61():
     """Can the root's own python3 run Django 6.1 (>= 3.12)? Not Debian 12's 3.11."""
     return python_at_least(PYTHON, "3.12")
-
-
-def require_lane():
-    """The lane's tools and rights: a failure in CI, a skip on a laptop (like conftest's `require`)."""
-    reason = debian_root.unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-class timed:
-    def __init__(self, label):
-        self.label = label
-
-    def __enter__(self):
-        self.started = time.monotonic()
-
-    def __exit__(self, *exc):
-        TIMES[self.label] = TIMES.get(self.label, 0) + time.monotonic() - self.started
 
 
 def git_commit(project):
@@ -104,7 +83,7 @@ def git_commit(project):
 def baked(cookies_session):
     """{name: (project, answers)}: each combination baked on the machine without a
     .venv (SOCKETSTACK_SKIP_VENV=1), and committed."""
-    require_lane()
+    debian_root.require_lane()
     projects = {}
     with timed("bake + commit on the machine"):
         for name, answers in BAKES.items():

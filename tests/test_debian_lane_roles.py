@@ -28,7 +28,6 @@ from test_debian_lane import (
     Browser,
     clone,
     git_commit,
-    require_lane,
 )
 from test_deploy_roles import ADDRESS, DATA_ENV, REPLICA, REPLICA_PORT, SESSIONS_PORT
 
@@ -45,24 +44,14 @@ PEBBLE_PORT, PEBBLE_MANAGEMENT, DNS_PORT, DNS_MANAGEMENT = 14000, 15000, 8053, 8
 PEBBLE_DIR = "/srv/pebble"
 PEBBLE_CA = f"{PEBBLE_DIR}/listener-ca.pem"
 ACME_SERVER = f"https://127.0.0.1:{PEBBLE_PORT}/dir"
-TIMES = {}
-
-
-class timed:
-    def __init__(self, label):
-        self.label = label
-
-    def __enter__(self):
-        self.started = time.monotonic()
-
-    def __exit__(self, *exc):
-        TIMES[self.label] = TIMES.get(self.label, 0) + time.monotonic() - self.started
+TIMES = debian_root.Timings()
+timed = TIMES.timed
 
 
 @pytest.fixture(scope="module")
 def baked(cookies_session):
     """{name: project}: each bake made on the machine without a .venv, committed."""
-    require_lane()
+    debian_root.require_lane()
     projects = {}
     with timed("bake + commit on the machine"):
         for name, answers in BAKES.items():

@@ -28,7 +28,6 @@ and trixie's apt lists and packages for that root in
 
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -76,15 +75,6 @@ RESTARTS = {
 LOGIN_DEFS = (
     "printf 'SYS_UID_MIN 45000\\nSYS_UID_MAX 45999\\nSYS_GID_MIN 45000\\nSYS_GID_MAX 45999\\n' >>/etc/login.defs"
 )
-
-
-def require_root_lane():
-    reason = debian_root.unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 # The runbook's commands ---------------------------------------------------------------
@@ -356,7 +346,7 @@ def print_figures(workdir):
 @pytest.fixture(scope="module")
 def upgrade_root(cookies_session, tmp_path_factory):
     """The bookworm root, started, with both sites installed and an admin logged in on each."""
-    require_root_lane()
+    debian_root.require_lane()
     workdir = tmp_path_factory.mktemp("upgrade")
     started = time.monotonic()
     projects = {
