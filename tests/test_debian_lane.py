@@ -73,6 +73,17 @@ def runs_django_61():
     return python_at_least(PYTHON, "3.12")
 
 
+def create_admin(lane, slug):
+    """The site's admin, made as the app user the documented way (createsuperuser --noinput)."""
+    lane.run(
+        [f"/webapps/{slug}/.venv/bin/python", "manage.py", "createsuperuser", "--noinput"]
+        + ["--username", "admin", "--email", "admin@example.com"],
+        user=slug,
+        cwd=f"/webapps/{slug}",
+        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
+    )
+
+
 def git_commit(project):
     git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
     for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "Baked"]):
@@ -314,13 +325,7 @@ def test_install_sh_single_login_reinstall_uninstall(lane, baked, name):
         browser = Browser(lane, f"https://{domain}", f"/root/jar-{name}", domain=domain)
         status, body, _ = browser.request("/healthz")
         assert status == 200, body[:500]
-        lane.run(
-            [f"/webapps/{slug}/.venv/bin/python", "manage.py", "createsuperuser", "--noinput"]
-            + ["--username", "admin", "--email", "admin@example.com"],
-            user=slug,
-            cwd=f"/webapps/{slug}",
-            env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
-        )
+        create_admin(lane, slug)
         browser.login()
         failures += install(lane, checkout, f"{name}, second")
         nginx_check(lane)

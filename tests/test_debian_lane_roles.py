@@ -18,7 +18,6 @@ import debian_root
 import pytest
 from conftest import bake
 from test_debian_lane import (
-    ADMIN_PASSWORD,
     FAILURE_LINE,
     LOGIN_DEFS,
     PIP_ENV,
@@ -27,6 +26,7 @@ from test_debian_lane import (
     WHEELS,
     Browser,
     clone,
+    create_admin,
     git_commit,
 )
 from test_deploy_roles import ADDRESS, DATA_ENV, REPLICA, REPLICA_PORT, SESSIONS_PORT
@@ -123,16 +123,6 @@ def session_cookie(lane, jar):
         if len(fields) == 7 and fields[5] == "sessionid":
             return fields[6]
     return None
-
-
-def create_admin(lane, slug):
-    lane.run(
-        [f"/webapps/{slug}/.venv/bin/python", "manage.py", "createsuperuser", "--noinput"]
-        + ["--username", "admin", "--email", "admin@example.com"],
-        user=slug,
-        cwd=f"/webapps/{slug}",
-        env={"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD},
-    )
 
 
 def nothing_left(lane, slug):
